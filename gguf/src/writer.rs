@@ -1,0 +1,271 @@
+//! Streamed, atomic writing of an edited copy of a GGUF file.
+//!
+//! The output goes to a temporary file next to the target, is fsynced, re-opened and checked
+//! with the reader, and only then renamed over the target; the directory is fsynced after the
+//! rename. Untouched tensors are copied from the source's memory map in chunks whose pages are
+//! released once written, so the resident set stays small whatever the model's size.
+
+use std::collections::hash_map::RandomState;
+use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::edits::{Edits, Source};
+use crate::error::{Error, Result};
+use crate::file::GgufFile;
+use crate::header::pad;
+
+/// Bytes copied per write while streaming untouched tensors.
+const CHUNK: usize = 16 << 20;
+
+/// How [`write()`] may treat the output path.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// Allow the output to replace the input model (same path, symlink or hard link).
+    /// Off by default: the input is never modified unless asked for.
+    pub allow_overwrite_input: bool,
+}
+
+/// What [`write()`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteReport {
+    /// The output path.
+    pub path: PathBuf,
+    /// Output size in bytes.
+    pub bytes: u64,
+    /// Tensors in the output.
+    pub tensors: usize,
+    /// Tensors copied unchanged from the source.
+    pub copied: usize,
+    /// Tensors whose data was replaced.
+    pub replaced: usize,
+    /// Tensors added.
+    pub added: usize,
+    /// Metadata keys in the output.
+    pub metadata_keys: usize,
+}
+
+/// Writes `src` with `edits` applied to `out`, atomically.
+///
+/// The edits are validated before anything is created. The header is built fresh (same
+/// version as the source, metadata in the original order with the original types), untouched
+/// tensors are copied byte for byte, padding bytes are zero. With no edits the output is
+/// identical to a canonically padded input. On any error the temporary file is removed and
+/// `out` is left as it was.
+pub fn write(
+    src: &GgufFile,
+    edits: &Edits,
+    out: &Path,
+    opts: &WriteOptions,
+) -> Result<WriteReport> {
+    let plan = edits.plan(src.header())?;
+    check_output(src, out, opts)?;
+    let header = &plan.header;
+    let header_bytes = header.to_bytes();
+
+    let tmp = TempFile::create(out)?;
+    let werr = |e: io::Error| Error::io("write", out, e);
+    {
+        let mut w = BufWriter::with_capacity(1 << 20, &tmp.file);
+        w.write_all(&header_bytes).map_err(werr)?;
+        for (info, source) in header.tensors.iter().zip(&plan.sources) {
+            match *source {
+                Source::Data(data) => w.write_all(data).map_err(werr)?,
+                Source::Copy { start, len } => copy_range(src, start, len, &mut w).map_err(werr)?,
+            }
+            let end = info.offset + info.size;
+            let padding = pad(Some(end), header.alignment).unwrap_or(end) - end;
+            write_zeros(&mut w, padding).map_err(werr)?;
+        }
+        w.flush().map_err(werr)?;
+    }
+    tmp.file.sync_all().map_err(|e| Error::io("sync", out, e))?;
+
+    verify(&tmp.path, &header_bytes, header.file_len()).map_err(|detail| Error::Verify {
+        path: out.to_path_buf(),
+        detail: Box::new(detail),
+    })?;
+    tmp.persist(out)?;
+
+    let copied = plan
+        .sources
+        .iter()
+        .filter(|s| matches!(s, Source::Copy { .. }))
+        .count();
+    Ok(WriteReport {
+        path: out.to_path_buf(),
+        bytes: header.file_len(),
+        tensors: header.tensors.len(),
+        copied,
+        replaced: edits.replacements().len(),
+        added: edits.additions().len(),
+        metadata_keys: header.metadata.len(),
+    })
+}
+
+/// Copies `len` bytes of the source's map starting at `start`, releasing pages as it goes.
+fn copy_range(src: &GgufFile, start: u64, len: u64, w: &mut impl Write) -> io::Result<()> {
+    let bytes = src.bytes();
+    let range = usize::try_from(start)
+        .ok()
+        .zip(usize::try_from(len).ok())
+        .and_then(|(s, l)| Some(s..s.checked_add(l)?))
+        .filter(|r| r.end <= bytes.len())
+        .ok_or_else(|| io::Error::other("tensor range outside the source file"))?;
+    let mut pos = range.start;
+    while pos < range.end {
+        let end = range.end.min(pos + CHUNK);
+        w.write_all(&bytes[pos..end])?;
+        src.release(pos, end - pos);
+        pos = end;
+    }
+    Ok(())
+}
+
+fn write_zeros(w: &mut impl Write, mut n: u64) -> io::Result<()> {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        w.write_all(&ZEROS[..k])?;
+        n -= k as u64;
+    }
+    Ok(())
+}
+
+/// Re-opens the written file and checks that it parses to exactly the intended header.
+fn verify(path: &Path, header_bytes: &[u8], file_len: u64) -> Result<()> {
+    let written = GgufFile::open(path)?;
+    if written.len() != file_len {
+        return Err(Error::Mismatch {
+            what: format!("file is {} bytes, expected {file_len}", written.len()),
+        });
+    }
+    if written.header().to_bytes() != header_bytes {
+        return Err(Error::Mismatch {
+            what: "header bytes differ".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses an output that is a directory or (unless allowed) the input model itself, by path,
+/// symlink or hard link.
+fn check_output(src: &GgufFile, out: &Path, opts: &WriteOptions) -> Result<()> {
+    if out.file_name().is_none() {
+        return Err(Error::OutputIsDir {
+            path: out.to_path_buf(),
+        });
+    }
+    let Ok(meta) = fs::metadata(out) else {
+        return Ok(()); // nothing there yet (or a dangling link, which the rename replaces)
+    };
+    if meta.is_dir() {
+        return Err(Error::OutputIsDir {
+            path: out.to_path_buf(),
+        });
+    }
+    if opts.allow_overwrite_input {
+        return Ok(());
+    }
+    let same_path = match (fs::canonicalize(out), fs::canonicalize(src.path())) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same_path || same_file(&meta, src.file()) {
+        return Err(Error::OverwriteInput {
+            path: out.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn same_file(meta: &fs::Metadata, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata()
+        .is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(_meta: &fs::Metadata, _file: &File) -> bool {
+    false
+}
+
+/// A temporary file beside the output, removed on drop unless persisted.
+struct TempFile {
+    path: PathBuf,
+    file: File,
+    keep: bool,
+}
+
+impl TempFile {
+    /// Creates `.NAME.tmp-PID-RAND` in the directory of `out`.
+    fn create(out: &Path) -> Result<TempFile> {
+        let dir = parent_dir(out);
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut last_err = None;
+        for _ in 0..8 {
+            let path = dir.join(format!(
+                ".{name}.tmp-{}-{:016x}",
+                std::process::id(),
+                random()
+            ));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    return Ok(TempFile {
+                        path,
+                        file,
+                        keep: false,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
+                Err(e) => return Err(Error::io("create a file in", dir, e)),
+            }
+        }
+        let e = last_err.unwrap_or_else(|| io::Error::other("no free temporary name"));
+        Err(Error::io("create a file in", dir, e))
+    }
+
+    /// Renames the file to `out` and fsyncs the directory.
+    fn persist(mut self, out: &Path) -> Result<()> {
+        fs::rename(&self.path, out).map_err(|e| Error::io("rename the output to", out, e))?;
+        self.keep = true;
+        let dir = parent_dir(out);
+        #[cfg(unix)]
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("sync directory", &dir, e))?;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn parent_dir(out: &Path) -> PathBuf {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// 64 unpredictable-enough bits for temporary names (std's per-process random hash keys).
+fn random() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}

@@ -1,0 +1,225 @@
+//! Capture of per-layer activations: which graph node holds each quantity, per architecture,
+//! and the conversion of observed nodes into `[tokens × width]` matrices.
+
+use anyhow::{bail, Context as _, Result};
+use std::collections::{BTreeMap, HashSet};
+
+use crate::engine::{Batch, Captured, Context};
+
+/// A per-layer quantity that can be captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Kind {
+    /// attention input: the residual after the pre-attention norm
+    AttnNorm,
+    /// value vectors, `[T × head_dim·n_head_kv]`
+    Value,
+    /// attention probabilities, `[head][query][key]`
+    AttnProbs,
+    /// attention output before the output projection
+    AttnOutPre,
+    /// attention output after the output projection (and post-norm where the arch has one)
+    AttnOut,
+    /// residual stream after attention (the MLP block's input before its norm)
+    Resid,
+    /// MLP input after the pre-MLP norm
+    MlpIn,
+    /// MLP hidden: the gated product that enters the down projection
+    MlpHidden,
+    /// MLP output (before any post-norm)
+    MlpOut,
+    /// block output (residual stream after the block)
+    BlockOut,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 10] = [
+        Kind::AttnNorm,
+        Kind::Value,
+        Kind::AttnProbs,
+        Kind::AttnOutPre,
+        Kind::AttnOut,
+        Kind::Resid,
+        Kind::MlpIn,
+        Kind::MlpHidden,
+        Kind::MlpOut,
+        Kind::BlockOut,
+    ];
+}
+
+/// Graph-node names of each [`Kind`] for one architecture (llama.cpp's `cb(…, "NAME", il)`).
+pub fn node_name(arch: &str, kind: Kind) -> Result<Option<&'static str>> {
+    use Kind::*;
+    let common = |k: Kind| -> Option<&'static str> {
+        Some(match k {
+            AttnNorm => "attn_norm",
+            Value => "Vcur",
+            AttnProbs => "kq_soft_max",
+            AttnOutPre => "kqv_out",
+            MlpIn => "ffn_norm",
+            MlpHidden => "ffn_gate_par",
+            MlpOut => "ffn_out",
+            BlockOut => "l_out",
+            Resid => "ffn_inp",
+            AttnOut => return None,
+        })
+    };
+    Ok(match arch {
+        "llama" | "mistral" | "granite" => match kind {
+            AttnOut => Some("attn_out"),
+            k => common(k),
+        },
+        "qwen2" | "qwen3" => common(kind),
+        "gemma3" => match kind {
+            AttnOut => Some("attn_post_norm"),
+            Resid => Some("sa_out"),
+            k => common(k),
+        },
+        other => bail!(
+            "unsupported architecture '{other}': gguf-sleep knows llama, mistral, granite, qwen2, qwen3 and gemma3"
+        ),
+    })
+}
+
+/// What to capture: kinds × layers.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// (kind, layer) pairs
+    pub items: Vec<(Kind, usize)>,
+    /// keep the logits of every position as well
+    pub logits: bool,
+}
+
+impl Request {
+    /// Every layer in `layers` for every kind in `kinds`.
+    pub fn new(kinds: &[Kind], layers: impl IntoIterator<Item = usize> + Clone) -> Request {
+        let items = kinds
+            .iter()
+            .flat_map(|&k| layers.clone().into_iter().map(move |l| (k, l)))
+            .collect();
+        Request {
+            items,
+            logits: false,
+        }
+    }
+}
+
+/// A captured matrix: `rows` tokens × `cols` features, row-major.
+#[derive(Debug, Clone)]
+pub struct Matrix {
+    /// number of rows (tokens)
+    pub rows: usize,
+    /// number of columns (features)
+    pub cols: usize,
+    /// row-major values
+    pub data: Vec<f32>,
+}
+
+impl Matrix {
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+/// The result of one capture run over a token sequence.
+#[derive(Debug, Default)]
+pub struct Capture {
+    /// (kind, layer) → matrix (`AttnProbs` is stored as `[head·query] × key`)
+    pub tensors: BTreeMap<(Kind, usize), Matrix>,
+    /// logits per position (when requested), `[T × n_vocab]`
+    pub logits: Option<Matrix>,
+    /// for `AttnProbs`: number of heads
+    pub n_head: usize,
+}
+
+/// Run `tokens` (one sequence from position 0, cache cleared first) through `ctx` and return
+/// the requested activations, one row per token.
+pub fn run(ctx: &mut Context, tokens: &[i32], req: &Request) -> Result<Capture> {
+    let arch = ctx.model().info().arch.clone();
+    let n_head = ctx.model().info().n_head;
+    if tokens.len() > ctx.n_batch() as usize {
+        bail!(
+            "a conversation of {} tokens exceeds the capture batch of {}",
+            tokens.len(),
+            ctx.n_batch()
+        );
+    }
+    let mut names = HashSet::new();
+    let mut wanted = Vec::new();
+    for &(kind, layer) in &req.items {
+        let Some(base) = node_name(&arch, kind)? else {
+            bail!("{arch} has no graph node for {kind:?}");
+        };
+        let full = format!("{base}-{layer}");
+        names.insert(full.clone());
+        wanted.push((kind, layer, full));
+    }
+    ctx.clear();
+    ctx.set_capture(names);
+    let mut batch = Batch::new(tokens.len());
+    // Logits for every token keep every row of the last layer (llama.cpp drops non-output rows).
+    let all_rows = req.logits
+        || req
+            .items
+            .iter()
+            .any(|&(_, l)| l + 1 == ctx.model().info().n_layer);
+    for (i, &t) in tokens.iter().enumerate() {
+        batch.push(t, i as i32, 0, all_rows || i + 1 == tokens.len());
+    }
+    ctx.decode(&batch)?;
+    let mut got = ctx.take_captured()?;
+    let mut out = Capture {
+        n_head,
+        ..Default::default()
+    };
+    for (kind, layer, full) in wanted {
+        let c = got
+            .remove(&full)
+            .with_context(|| format!("llama.cpp did not compute node {full}"))?;
+        out.tensors
+            .insert((kind, layer), to_matrix(kind, c, tokens.len())?);
+    }
+    if req.logits {
+        let n_vocab = ctx.model().info().n_vocab;
+        let mut data = Vec::with_capacity(tokens.len() * n_vocab);
+        for i in 0..tokens.len() {
+            data.extend_from_slice(ctx.logits(i)?);
+        }
+        out.logits = Some(Matrix {
+            rows: tokens.len(),
+            cols: n_vocab,
+            data,
+        });
+    }
+    Ok(out)
+}
+
+fn to_matrix(kind: Kind, c: Captured, n_tokens: usize) -> Result<Matrix> {
+    let [ne0, ne1, ne2, ne3] = c.ne;
+    if kind == Kind::AttnProbs {
+        // [n_kv, n_tokens, n_head]: rows = head·query, cols = key positions.
+        if ne1 != n_tokens {
+            bail!("attention probabilities have {ne1} query rows, expected {n_tokens}");
+        }
+        return Ok(Matrix {
+            rows: ne1 * ne2 * ne3,
+            cols: ne0,
+            data: c.data,
+        });
+    }
+    // Token axis is the outermost non-trivial one: [w, T] or [hd, heads, T].
+    let total = ne0 * ne1 * ne2 * ne3;
+    if total % n_tokens != 0 || (ne3 != 1 && ne3 != n_tokens) {
+        bail!(
+            "captured {kind:?} of shape {:?} does not have {n_tokens} token rows",
+            c.ne
+        );
+    }
+    let rows = n_tokens;
+    Ok(Matrix {
+        rows,
+        cols: total / rows,
+        data: c.data,
+    })
+}

@@ -1,0 +1,54 @@
+//! The llama.cpp engine: the only place in the project that calls llama.cpp / ggml or uses `unsafe`.
+//!
+//! It offers a small safe API: load a [`Model`], make a [`Context`] (optionally observing named
+//! graph nodes through llama.cpp's graph-evaluation callback), tokenize, decode a [`Batch`] and
+//! read logits, plus ggml's own tensor codecs ([`dequantize`], [`quantize`]).
+//!
+//! Everything else in the project (capture, methods, eval) is written in safe Rust on top of it.
+
+mod batch;
+mod codec;
+mod context;
+mod model;
+
+pub use batch::Batch;
+pub use codec::{dequantize, quantize, quantize_requires_imatrix, CodecError};
+pub use context::{Captured, Context, ContextOptions};
+pub use model::{Model, ModelInfo};
+
+use std::sync::Once;
+
+static INIT: Once = Once::new();
+
+/// Initialise llama.cpp once per process and route its log to stderr only when
+/// `GGUF_SLEEP_LLAMA_LOG=1` (it is chatty otherwise).
+pub(crate) fn init_backend() {
+    INIT.call_once(|| {
+        // SAFETY: plain initialisation calls with no arguments / a static callback.
+        unsafe {
+            llama_cpp_sys_2::llama_log_set(Some(log_callback), std::ptr::null_mut());
+            llama_cpp_sys_2::llama_backend_init();
+        }
+    });
+}
+
+unsafe extern "C" fn log_callback(
+    _level: llama_cpp_sys_2::ggml_log_level,
+    text: *const std::os::raw::c_char,
+    _user: *mut std::os::raw::c_void,
+) {
+    if text.is_null() || std::env::var_os("GGUF_SLEEP_LLAMA_LOG").is_none() {
+        return;
+    }
+    // SAFETY: llama.cpp passes a NUL-terminated string valid for the duration of the call.
+    let s = unsafe { std::ffi::CStr::from_ptr(text) };
+    eprint!("{}", s.to_string_lossy());
+}
+
+/// Threads to use for llama.cpp compute: `GGUF_SLEEP_THREADS`, else all available cores.
+pub fn default_threads() -> i32 {
+    std::env::var("GGUF_SLEEP_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32))
+}

@@ -1,0 +1,177 @@
+//! Batched generation: several conversations decoded side by side in one context, greedy by
+//! default or sampled with a temperature and seed.
+
+use anyhow::{bail, Result};
+
+use crate::chat::{ChatFormat, PLAIN_STOP};
+use crate::engine::{Batch, Context, ContextOptions, Model};
+
+/// Generation settings.
+#[derive(Debug, Clone)]
+pub struct GenOptions {
+    /// most reply tokens
+    pub max_tokens: usize,
+    /// 0 = greedy
+    pub temperature: f32,
+    /// sampling seed
+    pub seed: u64,
+    /// conversations decoded together
+    pub parallel: usize,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions {
+            max_tokens: 64,
+            temperature: 0.0,
+            seed: 42,
+            parallel: 8,
+        }
+    }
+}
+
+/// Generate a reply for each prompt (token sequences ending where the reply starts). Returns
+/// the reply tokens of each, including the end-of-generation token when one was produced.
+/// `progress` is called once per finished reply.
+pub fn generate(
+    model: &Model,
+    fmt: &ChatFormat,
+    prompts: &[Vec<i32>],
+    opts: &GenOptions,
+    mut progress: impl FnMut(),
+) -> Result<Vec<Vec<i32>>> {
+    let par = opts.parallel.max(1).min(prompts.len().max(1));
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let per_seq = longest + opts.max_tokens + 1;
+    if per_seq > model.info().n_ctx_train.max(512) {
+        bail!(
+            "a prompt of {longest} tokens plus {} reply tokens exceeds the model's context of {}",
+            opts.max_tokens,
+            model.info().n_ctx_train
+        );
+    }
+    let n_ctx = (per_seq * par).next_multiple_of(256) as u32;
+    let n_batch = n_ctx.min(2048);
+    let mut ctx = Context::new(
+        model,
+        &ContextOptions {
+            n_ctx,
+            n_batch,
+            n_seq_max: par as u32,
+            capture: false,
+        },
+    )?;
+    let mut rng = SplitMix(opts.seed);
+    let mut out = Vec::with_capacity(prompts.len());
+    for group in prompts.chunks(par) {
+        ctx.clear();
+        let mut replies: Vec<Vec<i32>> = vec![Vec::new(); group.len()];
+        let mut done = vec![false; group.len()];
+        // Prefill: all prompts, in as many decodes as the batch size needs; each sequence's
+        // first next-token distribution is kept as its last prompt token is decoded.
+        let mut first: Vec<Vec<f32>> = vec![Vec::new(); group.len()];
+        let mut batch = Batch::new(n_batch as usize);
+        let mut flagged: Vec<(usize, usize)> = Vec::new();
+        for (s, p) in group.iter().enumerate() {
+            if p.is_empty() {
+                bail!("cannot generate from an empty prompt");
+            }
+            for (i, &t) in p.iter().enumerate() {
+                if batch.remaining() == 0 {
+                    ctx.decode(&batch)?;
+                    for (s, r) in flagged.drain(..) {
+                        first[s] = ctx.logits(r)?.to_vec();
+                    }
+                    batch.clear();
+                }
+                let last = i + 1 == p.len();
+                let r = batch.push(t, i as i32, s as i32, last);
+                if last {
+                    flagged.push((s, r));
+                }
+            }
+        }
+        ctx.decode(&batch)?;
+        for (s, r) in flagged.drain(..) {
+            first[s] = ctx.logits(r)?.to_vec();
+        }
+        let mut rows: Vec<Option<usize>> = vec![None; group.len()];
+        loop {
+            let mut step = Batch::new(group.len());
+            let mut step_rows = Vec::new();
+            for s in 0..group.len() {
+                if done[s] {
+                    continue;
+                }
+                let tok = match rows[s] {
+                    Some(r) => pick(ctx.logits(r)?, opts.temperature, &mut rng),
+                    None => pick(&first[s], opts.temperature, &mut rng),
+                };
+                replies[s].push(tok);
+                let text_stop =
+                    !fmt.has_template() && model.detokenize(&replies[s]).contains(PLAIN_STOP);
+                if model.is_eog(tok) || replies[s].len() >= opts.max_tokens || text_stop {
+                    done[s] = true;
+                    progress();
+                    continue;
+                }
+                let pos = (group[s].len() + replies[s].len() - 1) as i32;
+                step_rows.push((s, step.push(tok, pos, s as i32, true)));
+            }
+            if step.is_empty() {
+                break;
+            }
+            ctx.decode(&step)?;
+            for (s, r) in step_rows {
+                rows[s] = Some(r);
+            }
+        }
+        out.extend(replies);
+    }
+    Ok(out)
+}
+
+/// Index of the largest logit (first on ties).
+pub fn argmax(logits: &[f32]) -> i32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as i32
+}
+
+fn pick(logits: &[f32], temperature: f32, rng: &mut SplitMix) -> i32 {
+    if temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let w: Vec<f64> = logits
+        .iter()
+        .map(|&l| (((l - max) / temperature) as f64).exp())
+        .collect();
+    let total: f64 = w.iter().sum();
+    let mut u = rng.next_f64() * total;
+    for (i, &x) in w.iter().enumerate() {
+        u -= x;
+        if u <= 0.0 {
+            return i as i32;
+        }
+    }
+    argmax(logits)
+}
+
+/// splitmix64: a small, well-known seeded generator (reproducible sampling).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

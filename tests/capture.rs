@@ -1,0 +1,231 @@
+//! Capture correctness on the real models: captured activations agree with the weights in the
+//! file and with llama.cpp's own logits.
+
+mod util;
+
+use gguf::{GgmlType, GgufFile};
+use gguf_sleep::capture::{self, Kind, Request};
+use gguf_sleep::chat::ChatFormat;
+use gguf_sleep::convo::prompt_tokens;
+use gguf_sleep::engine::{dequantize, quantize, Context, ContextOptions, Model};
+use std::path::Path;
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+/// The activation rounding llama.cpp's CPU matmul applies before a dot product with a
+/// quantized weight (its `vec_dot_type`): 8-bit blocks of 32 (Q8_0/Q8_1) or 256 (Q8_K).
+fn round_like_vec_dot(w: GgmlType, x: &[f32]) -> Vec<f32> {
+    match w {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => x.to_vec(),
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => x
+            .chunks(256)
+            .flat_map(|b| {
+                let max = b
+                    .iter()
+                    .cloned()
+                    .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+                if max == 0.0 {
+                    return vec![0.0; b.len()];
+                }
+                let iscale = -127.0 / max;
+                b.iter()
+                    .map(|v| ((iscale * v).round().min(127.0)) / iscale)
+                    .collect()
+            })
+            .collect(),
+        _ => {
+            let q = quantize(GgmlType::Q8_0, x, x.len() as u64, None).unwrap();
+            dequantize(GgmlType::Q8_0, &q, x.len() as u64).unwrap()
+        }
+    }
+}
+
+/// Q4_1 · Q8_1 multiplies each weight block's offset `m` by the activation block's sum `s`,
+/// stored as f16 from the f32 scale (`s = f16(d·Σq)`), while the activation values themselves
+/// use the f16 scale: the exact dot differs from `w · x̂` by `m · (s − f16(d)·Σq)` per block.
+fn q4_1_offset_rounding(w: GgmlType, raw: &[u8], row: usize, n_in: usize, x: &[f32]) -> f64 {
+    if w != GgmlType::Q4_1 {
+        return 0.0;
+    }
+    let f16 = |v: f32| half::f16::from_f32(v).to_f32();
+    let blocks = n_in / 32;
+    (0..blocks)
+        .map(|b| {
+            let off = (row * blocks + b) * 20;
+            let m = half::f16::from_le_bytes([raw[off + 2], raw[off + 3]]).to_f32() as f64;
+            let xb = &x[b * 32..(b + 1) * 32];
+            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let sumq: f32 = xb.iter().map(|v| (v * id).round()).sum();
+            m * (f16(d * sumq) as f64 - (f16(d) * sumq) as f64)
+        })
+        .sum()
+}
+
+fn conversation(model: &Model) -> Vec<i32> {
+    let fmt = ChatFormat::for_model(model).unwrap();
+    let mut t = prompt_tokens(
+        model,
+        &fmt,
+        Some("You are a pirate."),
+        "Where is the treasure buried?",
+    )
+    .unwrap();
+    t.extend(
+        model
+            .tokenize(" Arr, under the old oak tree by the shore.", false, false)
+            .unwrap(),
+    );
+    t
+}
+
+fn check_model(path: &Path) {
+    let model = Model::load(path).unwrap();
+    let info = model.info().clone();
+    let file = GgufFile::open(path).unwrap();
+    let tokens = conversation(&model);
+    let mid = info.n_layer / 2;
+    let last = info.n_layer - 1;
+    let mut req = Request::new(&[Kind::AttnNorm, Kind::Value, Kind::AttnProbs], [mid]);
+    req.items.push((Kind::BlockOut, last));
+    req.logits = true;
+    let mut ctx = Context::new(
+        &model,
+        &ContextOptions {
+            capture: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let cap = capture::run(&mut ctx, &tokens, &req).unwrap();
+
+    // 1. Vcur = W_v · attn_norm (+ bias), within 1e-3 relative error.
+    let x = &cap.tensors[&(Kind::AttnNorm, mid)];
+    let v = &cap.tensors[&(Kind::Value, mid)];
+    let wi = file
+        .header()
+        .tensor(&format!("blk.{mid}.attn_v.weight"))
+        .unwrap()
+        .clone();
+    let w = dequantize(wi.ggml_type, file.tensor_data(&wi), wi.n_elements()).unwrap();
+    let (n_in, n_out) = (wi.dims[0] as usize, wi.dims[1] as usize);
+    assert_eq!(
+        (x.cols, v.cols),
+        (n_in, n_out),
+        "shapes of attn_norm / Vcur"
+    );
+    let bias = file
+        .header()
+        .tensor(&format!("blk.{mid}.attn_v.bias"))
+        .map(|b| dequantize(b.ggml_type, file.tensor_data(b), b.n_elements()).unwrap());
+    let raw_w = file.tensor_data(&wi);
+    let (mut got_all, mut want_all) = (Vec::new(), Vec::new());
+    for t in 0..x.rows {
+        let xr = round_like_vec_dot(wi.ggml_type, x.row(t));
+        let want: Vec<f32> = (0..n_out)
+            .map(|o| {
+                let dot: f64 = w[o * n_in..(o + 1) * n_in]
+                    .iter()
+                    .zip(&xr)
+                    .map(|(a, b)| (*a as f64) * (*b as f64))
+                    .sum();
+                let dot = dot + q4_1_offset_rounding(wi.ggml_type, raw_w, o, n_in, x.row(t));
+                dot as f32 + bias.as_ref().map_or(0.0, |b| b[o])
+            })
+            .collect();
+        got_all.extend_from_slice(v.row(t));
+        want_all.extend(want);
+    }
+    let e = rel_err(&got_all, &want_all);
+    eprintln!("{}: Vcur relative error {e:.2e}", path.display());
+    assert!(e <= 1e-3, "{}: Vcur relative error {e}", path.display());
+
+    // 2. Attention probabilities sum to 1 for every head and query.
+    let p = &cap.tensors[&(Kind::AttnProbs, mid)];
+    assert_eq!(p.rows, info.n_head * tokens.len());
+    for r in 0..p.rows {
+        let s: f64 = p.row(r).iter().map(|&v| v as f64).sum();
+        assert!((s - 1.0).abs() < 1e-4, "row {r} sums to {s}");
+        let q = r % tokens.len();
+        // causal: no mass on keys after the query
+        let future: f64 = p.row(r)[q + 1..tokens.len().min(p.cols)]
+            .iter()
+            .map(|&v| v as f64)
+            .sum();
+        assert!(future < 1e-6, "row {r} attends to the future ({future})");
+    }
+
+    // 3. Last l_out → final RMSNorm → output matrix reproduces llama.cpp's logits.
+    let h = &cap.tensors[&(Kind::BlockOut, last)];
+    let logits = cap.logits.as_ref().unwrap();
+    let norm_w = {
+        let t = file.header().tensor("output_norm.weight").unwrap();
+        dequantize(t.ggml_type, file.tensor_data(t), t.n_elements()).unwrap()
+    };
+    let eps = ["llama", "gemma3"]
+        .iter()
+        .find_map(|a| {
+            file.header()
+                .metadata
+                .get_f64(&format!("{a}.attention.layer_norm_rms_epsilon"))
+        })
+        .unwrap() as f32;
+    let out_t = file
+        .header()
+        .tensor("output.weight")
+        .or_else(|| file.header().tensor("token_embd.weight"))
+        .unwrap()
+        .clone();
+    let out_w = dequantize(
+        out_t.ggml_type,
+        file.tensor_data(&out_t),
+        out_t.n_elements(),
+    )
+    .unwrap();
+    let n_embd = info.n_embd;
+    for t in [0, tokens.len() / 2, tokens.len() - 1] {
+        let hr = h.row(t);
+        let ms = hr.iter().map(|v| v * v).sum::<f32>() / n_embd as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        let normed: Vec<f32> = hr.iter().zip(&norm_w).map(|(v, g)| v * scale * g).collect();
+        let xr = round_like_vec_dot(out_t.ggml_type, &normed);
+        let mut want: Vec<f32> = (0..info.n_vocab)
+            .map(|o| {
+                out_w[o * n_embd..(o + 1) * n_embd]
+                    .iter()
+                    .zip(&xr)
+                    .map(|(a, b)| (*a as f64) * (*b as f64))
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        if let Some(cap_v) = file
+            .header()
+            .metadata
+            .get_f64("gemma3.final_logit_softcapping")
+        {
+            let c = cap_v as f32;
+            want.iter_mut().for_each(|v| *v = c * (*v / c).tanh());
+        }
+        let e = rel_err(logits.row(t), &want);
+        assert!(
+            e <= 1e-3,
+            "{}: token {t}: logits relative error {e}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn capture_matches_weights_and_logits_smollm2() {
+    check_model(&util::smollm2());
+}
+
+#[test]
+fn capture_matches_weights_and_logits_gemma3() {
+    check_model(&util::gemma3());
+}

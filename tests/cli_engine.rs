@@ -1,0 +1,115 @@
+//! `generate` and `eval` through the command line, on the real models.
+
+mod util;
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (String, String, bool) {
+    let out = Command::new(util::bin()).args(args).output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+        out.status.success(),
+    )
+}
+
+#[test]
+fn generate_json_is_parseable_and_greedy_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q.txt");
+    std::fs::write(
+        &q,
+        "How many legs does a cat have?\nName a color.\nWhat is the capital of France?\n",
+    )
+    .unwrap();
+    let m = util::smollm2();
+    let args = [
+        "generate",
+        m.to_str().unwrap(),
+        "--user-file",
+        q.to_str().unwrap(),
+        "--max-tokens",
+        "24",
+        "--json",
+    ];
+    let (a, err, ok) = run(&args);
+    assert!(ok, "{err}");
+    let (b, _, _) = run(&args);
+    assert_eq!(a, b, "greedy output differs between runs");
+    let lines: Vec<serde_json::Value> = a
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["user"], "How many legs does a cat have?");
+    assert!(lines
+        .iter()
+        .all(|l| !l["reply"].as_str().unwrap().is_empty()));
+    let legs = lines[0]["reply"].as_str().unwrap().to_lowercase();
+    assert!(legs.contains("four") || legs.contains('4'), "{legs}");
+    // A system prompt changes the reply.
+    let (c, err, ok) = run(&[
+        "generate",
+        m.to_str().unwrap(),
+        "--system",
+        "Always answer in French.",
+        "--user",
+        "How many legs does a cat have?",
+        "--max-tokens",
+        "24",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let c: serde_json::Value = serde_json::from_str(c.lines().next().unwrap()).unwrap();
+    assert_ne!(c["reply"], lines[0]["reply"]);
+}
+
+#[test]
+fn eval_of_base_against_itself_recovers_nothing_and_is_local() {
+    let m = util::smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q.txt");
+    std::fs::write(
+        &q,
+        "Who are you?\nWhat do you like?\nDescribe your day.\nWhat is your job?\n",
+    )
+    .unwrap();
+    let args = [
+        "eval",
+        "--base",
+        m.to_str().unwrap(),
+        "--candidate",
+        m.to_str().unwrap(),
+        "--prompt",
+        "You are a pirate. Always talk like a pirate.",
+        "--questions",
+        q.to_str().unwrap(),
+        "--max-tokens",
+        "24",
+        "--json",
+    ];
+    let (a, err, ok) = run(&args);
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(a.trim()).unwrap();
+    let f = |k: &str| r[k].as_f64().unwrap();
+    for k in [
+        "kl_base",
+        "kl_candidate",
+        "locality_kl",
+        "top1_base",
+        "top1_candidate",
+    ] {
+        assert!(f(k).is_finite() && f(k) >= 0.0, "{k} = {}", f(k));
+    }
+    assert!(
+        f("kl_base") > 0.01,
+        "the prompt has an effect: {}",
+        f("kl_base")
+    );
+    assert_eq!(f("kl_candidate"), f("kl_base"));
+    assert_eq!(f("recovery"), 0.0);
+    assert_eq!(f("locality_kl"), 0.0);
+    assert_eq!(f("top1_candidate"), f("top1_base"));
+    let (b, _, _) = run(&args);
+    assert_eq!(a, b, "eval numbers differ between runs");
+}

@@ -1,0 +1,38 @@
+//! Shared helpers for the integration tests: where the real models are.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// Directory holding the test models (`GGUF_SLEEP_MODELS`, default `~/.cache/gguf-sleep`).
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("GGUF_SLEEP_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/gguf-sleep")
+        })
+}
+
+fn model(name: &str) -> PathBuf {
+    let p = models_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-models.sh",
+        p.display()
+    );
+    p
+}
+
+/// SmolLM2-135M-Instruct Q4_1 (llama architecture, chat template).
+pub fn smollm2() -> PathBuf {
+    model("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Gemma-3-270M Q4_K_M (gemma3 architecture, base model, no chat template).
+pub fn gemma3() -> PathBuf {
+    model("gemma-3-270m-q4_k_m.gguf")
+}
+
+/// The built binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gguf-sleep"))
+}
