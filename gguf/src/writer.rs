@@ -2,22 +2,24 @@
 //!
 //! The output goes to a temporary file next to the target, is fsynced, re-opened and checked
 //! with the reader, and only then renamed over the target; the directory is fsynced after the
-//! rename. Untouched tensors are copied from the source's memory map in chunks whose pages are
-//! released once written, so the resident set stays small whatever the model's size.
+//! rename. Untouched tensors are copied file to file (`copy_file_range` on Linux), or from the
+//! source's memory map in chunks whose pages are released once written, so the resident set
+//! stays small whatever the model's size.
 
 use std::collections::hash_map::RandomState;
 use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::edits::{Edits, Source};
+use crate::edits::{Edits, Plan, Source};
 use crate::error::{Error, Result};
 use crate::file::GgufFile;
-use crate::header::pad;
+use crate::header::{pad, Header};
+use crate::metadata::Metadata;
 
-/// Bytes copied per write while streaming untouched tensors.
-const CHUNK: usize = 16 << 20;
+/// Bytes copied per write while streaming untouched tensors from the memory map.
+const CHUNK: usize = 4 << 20;
 
 /// How [`write()`] may treat the output path.
 #[derive(Debug, Clone, Default)]
@@ -59,20 +61,38 @@ pub fn write(
     out: &Path,
     opts: &WriteOptions,
 ) -> Result<WriteReport> {
-    let plan = edits.plan(src.header())?;
+    let Plan {
+        mut header,
+        sources,
+    } = edits.plan(src.header())?;
     check_output(src, out, opts)?;
-    let header = &plan.header;
     let header_bytes = header.to_bytes();
+    let report = WriteReport {
+        path: out.to_path_buf(),
+        bytes: header.file_len(),
+        tensors: header.tensors.len(),
+        copied: sources
+            .iter()
+            .filter(|s| matches!(s, Source::Copy { .. }))
+            .count(),
+        replaced: edits.replacements().len(),
+        added: edits.additions().len(),
+        metadata_keys: header.metadata.len(),
+    };
+    // The metadata now lives in `header_bytes`; drop the parsed copy before streaming (a large
+    // vocabulary makes it tens of MiB).
+    header.metadata = Metadata::new();
 
     let tmp = TempFile::create(out)?;
     let werr = |e: io::Error| Error::io("write", out, e);
     {
+        let mut copier = Copier::new(src);
         let mut w = BufWriter::with_capacity(1 << 20, &tmp.file);
         w.write_all(&header_bytes).map_err(werr)?;
-        for (info, source) in header.tensors.iter().zip(&plan.sources) {
+        for (info, source) in header.tensors.iter().zip(&sources) {
             match *source {
                 Source::Data(data) => w.write_all(data).map_err(werr)?,
-                Source::Copy { start, len } => copy_range(src, start, len, &mut w).map_err(werr)?,
+                Source::Copy { start, len } => copier.copy(start, len, &mut w).map_err(werr)?,
             }
             let end = info.offset + info.size;
             let padding = pad(Some(end), header.alignment).unwrap_or(end) - end;
@@ -82,45 +102,75 @@ pub fn write(
     }
     tmp.file.sync_all().map_err(|e| Error::io("sync", out, e))?;
 
-    verify(&tmp.path, &header_bytes, header.file_len()).map_err(|detail| Error::Verify {
+    verify(&tmp.path, &header_bytes, &header, report.bytes).map_err(|detail| Error::Verify {
         path: out.to_path_buf(),
         detail: Box::new(detail),
     })?;
     tmp.persist(out)?;
-
-    let copied = plan
-        .sources
-        .iter()
-        .filter(|s| matches!(s, Source::Copy { .. }))
-        .count();
-    Ok(WriteReport {
-        path: out.to_path_buf(),
-        bytes: header.file_len(),
-        tensors: header.tensors.len(),
-        copied,
-        replaced: edits.replacements().len(),
-        added: edits.additions().len(),
-        metadata_keys: header.metadata.len(),
-    })
+    Ok(report)
 }
 
-/// Copies `len` bytes of the source's map starting at `start`, releasing pages as it goes.
-fn copy_range(src: &GgufFile, start: u64, len: u64, w: &mut impl Write) -> io::Result<()> {
-    let bytes = src.bytes();
-    let range = usize::try_from(start)
-        .ok()
-        .zip(usize::try_from(len).ok())
-        .and_then(|(s, l)| Some(s..s.checked_add(l)?))
-        .filter(|r| r.end <= bytes.len())
-        .ok_or_else(|| io::Error::other("tensor range outside the source file"))?;
-    let mut pos = range.start;
-    while pos < range.end {
-        let end = range.end.min(pos + CHUNK);
-        w.write_all(&bytes[pos..end])?;
-        src.release(pos, end - pos);
-        pos = end;
+/// Copies byte ranges of the source file to the output.
+///
+/// Where it can, it reads through a second handle on the same file (checked to be the same
+/// inode as the map) with `std::io::copy`, which Linux turns into `copy_file_range`: the data
+/// never enters this process, so neither time nor resident set grows with the model. Otherwise
+/// it copies from the memory map in chunks whose pages are released once written.
+struct Copier<'a> {
+    src: &'a GgufFile,
+    file: Option<File>,
+}
+
+impl<'a> Copier<'a> {
+    fn new(src: &'a GgufFile) -> Self {
+        let file = File::open(src.path())
+            .ok()
+            .filter(|f| same_inode(f, src.file()));
+        Copier { src, file }
     }
-    Ok(())
+
+    fn copy(&mut self, start: u64, len: u64, w: &mut BufWriter<&File>) -> io::Result<()> {
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= self.src.len())
+            .ok_or_else(|| io::Error::other("tensor range outside the source file"))?;
+        if let Some(f) = self.file.as_mut() {
+            w.flush()?;
+            f.seek(SeekFrom::Start(start))?;
+            let n = io::copy(&mut Read::take(&mut *f, len), w.get_mut())?;
+            if n != len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("source file ended {} bytes early", len - n),
+                ));
+            }
+            return Ok(());
+        }
+        let bytes = self.src.bytes();
+        // Both fit in usize: `end` is at most the length of the mapped file.
+        let (mut pos, end) = (start as usize, end as usize);
+        while pos < end {
+            let next = end.min(pos + CHUNK);
+            w.write_all(&bytes[pos..next])?;
+            self.src.release(pos, next - pos);
+            pos = next;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn same_inode(a: &File, b: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_inode(_a: &File, _b: &File) -> bool {
+    false
 }
 
 fn write_zeros(w: &mut impl Write, mut n: u64) -> io::Result<()> {
@@ -133,17 +183,23 @@ fn write_zeros(w: &mut impl Write, mut n: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Re-opens the written file and checks that it parses to exactly the intended header.
-fn verify(path: &Path, header_bytes: &[u8], file_len: u64) -> Result<()> {
+/// Re-opens the written file, validates it with the reader and checks that it holds exactly
+/// the intended header bytes, tensor directory and length.
+fn verify(path: &Path, header_bytes: &[u8], header: &Header, file_len: u64) -> Result<()> {
     let written = GgufFile::open(path)?;
     if written.len() != file_len {
         return Err(Error::Mismatch {
             what: format!("file is {} bytes, expected {file_len}", written.len()),
         });
     }
-    if written.header().to_bytes() != header_bytes {
+    let w = written.header();
+    if written.bytes().get(..header_bytes.len()) != Some(header_bytes)
+        || w.data_offset != header.data_offset
+        || w.alignment != header.alignment
+        || w.tensors != header.tensors
+    {
         return Err(Error::Mismatch {
-            what: "header bytes differ".into(),
+            what: "header differs from the one written".into(),
         });
     }
     Ok(())

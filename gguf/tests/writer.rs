@@ -46,6 +46,26 @@ fn no_edits_is_byte_identical() {
     assert!(leftovers(dir.path(), &["out.gguf"]).is_empty());
 }
 
+/// The source path replaced (by a rename) after opening: the writer copies from the file it
+/// opened, not from whatever the path names now.
+#[test]
+fn source_replaced_after_open_still_copies_the_opened_file() {
+    let (dir, input) = setup();
+    let original = fs::read(&input).unwrap();
+    let src = GgufFile::open(&input).unwrap();
+    let other = dir.path().join("other.gguf");
+    let mut changed = original.clone();
+    let h = src.header();
+    let first = (h.data_offset + h.tensors[0].offset) as usize;
+    changed[first..first + 4].copy_from_slice(&[0xAB; 4]);
+    assert!(changed != original);
+    fs::write(&other, &changed).unwrap();
+    fs::rename(&other, &input).unwrap();
+    let out = dir.path().join("out.gguf");
+    write(&src, &Edits::new(), &out, &WriteOptions::default()).unwrap();
+    assert!(fs::read(&out).unwrap() == original);
+}
+
 #[test]
 fn replace_add_and_metadata_edits() {
     let (dir, input) = setup();
