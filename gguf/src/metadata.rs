@@ -1,10 +1,15 @@
 //! The key/value section of a GGUF file, in file order.
 
+use std::sync::Arc;
+
 use crate::value::Value;
 
 /// Metadata key/value pairs in file order. Keys are unique.
+///
+/// Values are shared between clones (a tokenizer vocabulary can be hundreds of thousands of
+/// strings), so cloning metadata to edit a few keys costs nothing per value.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Metadata(Vec<(String, Value)>);
+pub struct Metadata(Vec<(String, Arc<Value>)>);
 
 impl Metadata {
     /// Empty metadata.
@@ -14,7 +19,7 @@ impl Metadata {
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| &**v)
     }
 
     /// The value of `key` if it is a UTF-8 string.
@@ -41,9 +46,9 @@ impl Metadata {
     /// Returns the previous value.
     pub fn set(&mut self, key: impl Into<String>, value: impl Into<Value>) -> Option<Value> {
         let key = key.into();
-        let value = value.into();
+        let value = Arc::new(value.into());
         match self.0.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, v)) => Some(std::mem::replace(v, value)),
+            Some((_, v)) => Some(Arc::unwrap_or_clone(std::mem::replace(v, value))),
             None => {
                 self.0.push((key, value));
                 None
@@ -54,12 +59,12 @@ impl Metadata {
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
         let i = self.0.iter().position(|(k, _)| k == key)?;
-        Some(self.0.remove(i).1)
+        Some(Arc::unwrap_or_clone(self.0.remove(i).1))
     }
 
     /// Pairs in file order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Value)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v))
+        self.0.iter().map(|(k, v)| (k.as_str(), &**v))
     }
 
     /// Keys in file order.
@@ -79,7 +84,7 @@ impl Metadata {
 
     /// Appends without checking for an existing key (the reader checks uniqueness itself).
     pub(crate) fn push_unchecked(&mut self, key: String, value: Value) {
-        self.0.push((key, value));
+        self.0.push((key, Arc::new(value)));
     }
 
     pub(crate) fn with_capacity(n: usize) -> Self {

@@ -89,20 +89,58 @@ pub fn write(
         let mut copier = Copier::new(src);
         let mut w = BufWriter::with_capacity(1 << 20, &tmp.file);
         w.write_all(&header_bytes).map_err(werr)?;
+        // Untouched tensors that follow each other in the source are copied as one range,
+        // their padding included where the source's padding is zero (as the output's is).
+        let mut run: Option<(u64, u64)> = None; // (start, end) in the source
         for (info, source) in header.tensors.iter().zip(&sources) {
-            match *source {
-                Source::Data(data) => w.write_all(data).map_err(werr)?,
-                Source::Copy { start, len } => copier.copy(start, len, &mut w).map_err(werr)?,
-            }
             let end = info.offset + info.size;
             let padding = pad(Some(end), header.alignment).unwrap_or(end) - end;
-            write_zeros(&mut w, padding).map_err(werr)?;
+            match *source {
+                Source::Copy { start, len } => {
+                    let data_end = start.saturating_add(len);
+                    let padded = data_end.saturating_add(padding);
+                    let zero_pad = range(src.bytes(), data_end, padded)
+                        .is_some_and(|p| p.iter().all(|&b| b == 0));
+                    let to = if zero_pad { padded } else { data_end };
+                    match &mut run {
+                        Some((_, run_end)) if *run_end == start => *run_end = to,
+                        _ => {
+                            if let Some((a, b)) = run.take() {
+                                copier.copy(a, b - a, &mut w).map_err(werr)?;
+                            }
+                            run = Some((start, to));
+                        }
+                    }
+                    if !zero_pad {
+                        if let Some((a, b)) = run.take() {
+                            copier.copy(a, b - a, &mut w).map_err(werr)?;
+                        }
+                        write_zeros(&mut w, padding).map_err(werr)?;
+                    }
+                }
+                Source::Data(data) => {
+                    if let Some((a, b)) = run.take() {
+                        copier.copy(a, b - a, &mut w).map_err(werr)?;
+                    }
+                    w.write_all(data).map_err(werr)?;
+                    write_zeros(&mut w, padding).map_err(werr)?;
+                }
+            }
+        }
+        if let Some((a, b)) = run.take() {
+            copier.copy(a, b - a, &mut w).map_err(werr)?;
         }
         w.flush().map_err(werr)?;
     }
-    tmp.file.sync_all().map_err(|e| Error::io("sync", out, e))?;
-
-    verify(&tmp.path, &header_bytes, &header, report.bytes).map_err(|detail| Error::Verify {
+    // Flush to disk and, meanwhile, re-open and check what was written (from the page cache).
+    let (synced, verified) = std::thread::scope(|s| {
+        let sync = s.spawn(|| tmp.file.sync_all());
+        let verified = verify(&tmp.path, &header_bytes, &header, report.bytes);
+        (sync.join(), verified)
+    });
+    let synced = synced.unwrap_or_else(|_| Err(io::Error::other("the sync thread panicked")));
+    synced.map_err(|e| Error::io("sync", out, e))?;
+    verified.map_err(|detail| Error::Verify {
         path: out.to_path_buf(),
         detail: Box::new(detail),
     })?;
@@ -157,6 +195,11 @@ impl<'a> Copier<'a> {
         }
         Ok(())
     }
+}
+
+/// `bytes[start..end]`, if inside.
+fn range(bytes: &[u8], start: u64, end: u64) -> Option<&[u8]> {
+    bytes.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
 }
 
 #[cfg(unix)]
