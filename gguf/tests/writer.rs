@@ -46,6 +46,29 @@ fn no_edits_is_byte_identical() {
     assert!(leftovers(dir.path(), &["out.gguf"]).is_empty());
 }
 
+/// Untouched tensors are copied in runs, padding included only where the source's padding is
+/// zero: non-zero padding bytes in the source come out as zeros, the tensor data unchanged.
+#[test]
+fn nonzero_source_padding_is_written_as_zeros() {
+    let (dir, input) = setup();
+    let mut bytes = fs::read(&input).unwrap();
+    let h = gguf::Header::parse(&bytes).unwrap();
+    let t0 = &h.tensors[0];
+    let end = (h.data_offset + t0.offset + t0.size) as usize;
+    let next = (h.data_offset + h.tensors[1].offset) as usize;
+    assert!(
+        next > end,
+        "the synthetic file has padding after its first tensor"
+    );
+    bytes[end..next].fill(0xEE);
+    let dirty = dir.path().join("dirty.gguf");
+    fs::write(&dirty, &bytes).unwrap();
+    let src = GgufFile::open(&dirty).unwrap();
+    let out = dir.path().join("out.gguf");
+    write(&src, &Edits::new(), &out, &WriteOptions::default()).unwrap();
+    assert!(fs::read(&out).unwrap() == fs::read(&input).unwrap());
+}
+
 /// The source path replaced (by a rename) after opening: the writer copies from the file it
 /// opened, not from whatever the path names now.
 #[test]
