@@ -57,7 +57,7 @@ pub fn node_name(arch: &str, kind: Kind) -> Result<Option<&'static str>> {
             AttnProbs => "kq_soft_max",
             AttnOutPre => "kqv_out",
             MlpIn => "ffn_norm",
-            MlpHidden => "ffn_gate_par",
+            MlpHidden => "ffn_swiglu",
             MlpOut => "ffn_out",
             BlockOut => "l_out",
             Resid => "ffn_inp",
@@ -72,6 +72,7 @@ pub fn node_name(arch: &str, kind: Kind) -> Result<Option<&'static str>> {
         "qwen2" | "qwen3" => common(kind),
         "gemma3" => match kind {
             AttnOut => Some("attn_post_norm"),
+            MlpHidden => Some("ffn_geglu"),
             Resid => Some("sa_out"),
             k => common(k),
         },
@@ -88,6 +89,9 @@ pub struct Request {
     pub items: Vec<(Kind, usize)>,
     /// keep the logits of every position as well
     pub logits: bool,
+    /// stop the forward pass after the last requested layer (no logits; cheaper for early
+    /// layers)
+    pub stop_early: bool,
 }
 
 impl Request {
@@ -100,6 +104,7 @@ impl Request {
         Request {
             items,
             logits: false,
+            stop_early: false,
         }
     }
 }
@@ -156,14 +161,14 @@ pub fn run(ctx: &mut Context, tokens: &[i32], req: &Request) -> Result<Capture> 
         wanted.push((kind, layer, full));
     }
     ctx.clear();
-    ctx.set_capture(names);
+    let last = req.items.iter().map(|&(_, l)| l).max();
+    match last {
+        Some(last) if req.stop_early && !req.logits => ctx.set_capture_until(names, last),
+        _ => ctx.set_capture(names),
+    }
     let mut batch = Batch::new(tokens.len());
     // Logits for every token keep every row of the last layer (llama.cpp drops non-output rows).
-    let all_rows = req.logits
-        || req
-            .items
-            .iter()
-            .any(|&(_, l)| l + 1 == ctx.model().info().n_layer);
+    let all_rows = req.logits || last.is_some_and(|l| l + 1 == ctx.model().info().n_layer);
     for (i, &t) in tokens.iter().enumerate() {
         batch.push(t, i as i32, 0, all_rows || i + 1 == tokens.len());
     }

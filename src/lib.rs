@@ -12,3 +12,4 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod material;
+pub mod patch;

@@ -6,6 +6,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod cli;
+
 use gguf_sleep::{chat::ChatFormat, convo, engine::Model, eval, generate};
 
 /// Bake a system prompt into the weights of a llama.cpp GGUF model, without training.
@@ -41,6 +43,9 @@ enum Cmd {
     Generate(GenerateArgs),
     /// Measure how closely CANDIDATE without a prompt follows BASE with it (KL recovery).
     Eval(EvalArgs),
+    /// Bake a system prompt into the weights: the output, used with no system prompt, behaves
+    /// like the input used with it.
+    Patch(cli::patch::PatchArgs),
 }
 
 #[derive(Args)]
@@ -148,6 +153,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Generate(a) => generate_cmd(a)?,
         Cmd::Eval(a) => eval_cmd(a)?,
+        Cmd::Patch(a) => cli::patch::run(a)?,
     }
     Ok(())
 }

@@ -39,7 +39,15 @@ pub fn build(
         .iter()
         .map(|q| prompt_tokens(model, &fmt, Some(system), q))
         .collect::<Result<_>>()?;
-    let replies = generate(model, &fmt, &prompts, gen, progress)?;
+    let key = cache_key(model, system, questions, gen);
+    let replies = match load_cached(&key) {
+        Some(r) if r.len() == questions.len() => r,
+        _ => {
+            let r = generate(model, &fmt, &prompts, gen, progress)?;
+            store_cached(&key, &r);
+            r
+        }
+    };
     let mut out = Vec::with_capacity(questions.len());
     for ((q, p), r) in questions.iter().zip(prompts).zip(replies) {
         let mut prompted = p;
@@ -56,4 +64,57 @@ pub fn build(
         });
     }
     Ok(out)
+}
+
+/// Where generated calibration replies are kept between runs (`GGUF_SLEEP_CACHE`, else
+/// `~/.cache/gguf-sleep/replies`); `GGUF_SLEEP_CACHE=off` disables the cache.
+fn cache_dir() -> Option<std::path::PathBuf> {
+    match std::env::var_os("GGUF_SLEEP_CACHE") {
+        Some(v) if v == "off" => None,
+        Some(v) => Some(v.into()),
+        None => Some(
+            std::path::PathBuf::from(std::env::var_os("HOME")?).join(".cache/gguf-sleep/replies"),
+        ),
+    }
+}
+
+/// Replies depend on the model file, the prompt, the questions and the generation settings.
+fn cache_key(model: &Model, system: &str, questions: &[String], gen: &GenOptions) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let meta = std::fs::metadata(model.path()).ok();
+    h.update(model.path().to_string_lossy().as_bytes());
+    h.update(format!(
+        "{:?}|{:?}|{}|{}|{}|{}",
+        meta.as_ref().map(|m| m.len()),
+        meta.and_then(|m| m.modified().ok()),
+        gen.max_tokens,
+        gen.temperature,
+        gen.seed,
+        env!("CARGO_PKG_VERSION")
+    ));
+    h.update(system.as_bytes());
+    for q in questions {
+        h.update(b"\n");
+        h.update(q.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn load_cached(key: &str) -> Option<Vec<Vec<i32>>> {
+    let text = std::fs::read_to_string(cache_dir()?.join(format!("{key}.json"))).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn store_cached(key: &str, replies: &[Vec<i32>]) {
+    let Some(dir) = cache_dir() else { return };
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    let tmp = dir.join(format!("{key}.json.tmp{}", std::process::id()));
+    if let Ok(text) = serde_json::to_string(replies) {
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join(format!("{key}.json")));
+        }
+    }
 }

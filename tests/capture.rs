@@ -229,3 +229,44 @@ fn capture_matches_weights_and_logits_smollm2() {
 fn capture_matches_weights_and_logits_gemma3() {
     check_model(&util::gemma3());
 }
+
+/// Stopping the forward pass after the requested layer leaves that layer's values unchanged,
+/// and a later full decode in the same context still gives the same logits as before.
+#[test]
+fn early_stop_capture_matches_full_capture() {
+    for path in [util::smollm2(), util::gemma3()] {
+        let model = Model::load(&path).unwrap();
+        let tokens = conversation(&model);
+        let l = 3;
+        let kinds = [Kind::MlpHidden, Kind::BlockOut, Kind::MlpIn];
+        let mut ctx = Context::new(
+            &model,
+            &ContextOptions {
+                capture: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut full_req = Request::new(&kinds, [l]);
+        full_req.logits = true;
+        let full = capture::run(&mut ctx, &tokens, &full_req).unwrap();
+        let mut req = Request::new(&kinds, [l]);
+        req.stop_early = true;
+        let early = capture::run(&mut ctx, &tokens, &req).unwrap();
+        for k in kinds {
+            assert_eq!(
+                full.tensors[&(k, l)].data,
+                early.tensors[&(k, l)].data,
+                "{}: {k:?}",
+                path.display()
+            );
+        }
+        let again = capture::run(&mut ctx, &tokens, &full_req).unwrap();
+        assert_eq!(
+            full.logits.as_ref().unwrap().data,
+            again.logits.as_ref().unwrap().data,
+            "{}: logits after an early-stopped decode",
+            path.display()
+        );
+    }
+}

@@ -47,6 +47,9 @@ pub struct Captured {
 #[derive(Default)]
 struct CaptureState {
     wanted: HashSet<String>,
+    /// stop the graph at the first node of a later layer
+    until_layer: Option<usize>,
+    stopping: bool,
     got: HashMap<String, Captured>,
     error: Option<String>,
 }
@@ -125,8 +128,19 @@ impl<'m> Context<'m> {
             .as_mut()
             .expect("context created without capture");
         st.wanted = names;
+        st.until_layer = None;
         st.got.clear();
         st.error = None;
+    }
+
+    /// Like [`Context::set_capture`], and stop computing the graph at the first node of a
+    /// layer after `last_layer`: later layers, the output norm and the logits are skipped
+    /// (the logits of such a decode are meaningless).
+    pub fn set_capture_until(&mut self, names: HashSet<String>, last_layer: usize) {
+        self.set_capture(names);
+        if let Some(st) = self.capture.as_mut() {
+            st.until_layer = Some(last_layer);
+        }
     }
 
     /// Take what was observed since the last call.
@@ -214,8 +228,22 @@ unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, user: *m
     let (t, st) = unsafe { (&*t, &mut *user.cast::<CaptureState>()) };
     let name = node_name(t);
     let wanted = st.wanted.contains(name);
+    let past = st.until_layer.is_some_and(|last| {
+        name.rsplit_once('-')
+            .and_then(|(_, l)| l.parse::<usize>().ok())
+            .is_some_and(|l| l > last)
+    });
     if ask {
-        return wanted;
+        if past {
+            st.stopping = true;
+        }
+        return wanted || past;
+    }
+    if past && st.stopping {
+        // Returning false ends the graph computation here.
+        st.stopping = false;
+        st.until_layer = None;
+        return false;
     }
     if wanted {
         match read_tensor(t) {

@@ -1,0 +1,3 @@
+//! Subcommands with enough arguments to deserve their own file.
+
+pub mod patch;

@@ -1,0 +1,230 @@
+//! `gguf-sleep patch`: arguments and the closing summary.
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use indicatif::ProgressBar;
+use std::path::PathBuf;
+
+use gguf_sleep::eval;
+use gguf_sleep::material::CALIBRATION;
+use gguf_sleep::patch::{self, EditType, Lambda, Method, PatchOptions, PatchReport};
+
+/// `patch` arguments.
+#[derive(Args)]
+pub struct PatchArgs {
+    /// the .gguf model to patch (left untouched unless --in-place)
+    model: PathBuf,
+    /// the system prompt to bake in
+    #[arg(
+        long,
+        conflicts_with = "prompt_file",
+        required_unless_present = "prompt_file"
+    )]
+    prompt: Option<String>,
+    /// read the system prompt from a file
+    #[arg(long, value_name = "FILE")]
+    prompt_file: Option<PathBuf>,
+    /// where to write the patched model
+    #[arg(short, long, required_unless_present = "in_place")]
+    output: Option<PathBuf>,
+    /// method: down (output-side least squares, default), matrix (thought matrices on the MLP
+    /// input), vector (thought vector bias), sleep (value-bias correction)
+    #[arg(long, value_enum, default_value_t = MethodArg::Down)]
+    method: MethodArg,
+    /// scale of every edit; 0 writes the model unchanged
+    #[arg(long, default_value_t = 1.0)]
+    strength: f32,
+    /// layers to edit, e.g. 4..30 (default: all)
+    #[arg(long, value_name = "RANGE")]
+    layers: Option<String>,
+    /// calibration questions, one per line (default: the built-in set)
+    #[arg(long, value_name = "FILE")]
+    calib: Option<PathBuf>,
+    /// use only the first N calibration questions
+    #[arg(long, value_name = "N")]
+    calib_size: Option<usize>,
+    /// fit layer by layer, each on activations recomputed with the earlier layers patched
+    #[arg(long)]
+    sequential: bool,
+    /// ridge λ relative to the mean feature power: auto (validated) or a number
+    #[arg(long, default_value = "auto")]
+    ridge: String,
+    /// storage of edited weight matrices: same (requantize to the original type), q8_0, f16, f32
+    #[arg(long, value_enum, default_value_t = EditTypeArg::Same)]
+    edit_type: EditTypeArg,
+    /// sleep: α for every layer and head (default: measured from attention)
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// sleep: β, the prompt's strength in eq. 10
+    #[arg(long, default_value_t = 1.0)]
+    beta: f64,
+    /// reply tokens generated per calibration question
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// write over the input model
+    #[arg(long)]
+    in_place: bool,
+    /// print the summary as JSON on stdout
+    #[arg(long)]
+    json: bool,
+    /// also time a plain prefill of the calibration tokens (for benchmarks)
+    #[arg(long, hide = true)]
+    measure_prefill: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MethodArg {
+    Down,
+    Matrix,
+    Vector,
+    Sleep,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EditTypeArg {
+    Same,
+    #[value(name = "q8_0")]
+    Q8_0,
+    F16,
+    F32,
+}
+
+fn parse_layers(s: &str) -> Result<(usize, usize)> {
+    let bad = || anyhow::anyhow!("--layers takes START..END (e.g. 4..30), not '{s}'");
+    let (a, b) = s
+        .split_once("..")
+        .or_else(|| s.split_once('-'))
+        .ok_or_else(bad)?;
+    Ok((
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    ))
+}
+
+/// Run `patch`.
+pub fn run(a: PatchArgs) -> Result<()> {
+    let system = match (&a.prompt, &a.prompt_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => crate::read_text(f, "prompt")?,
+        _ => bail!("give the system prompt with --prompt TEXT or --prompt-file FILE"),
+    };
+    let system = system.trim_end_matches('\n').to_string();
+    let mut questions = match &a.calib {
+        Some(f) => eval::lines(&crate::read_text(f, "calibration")?),
+        None => eval::lines(CALIBRATION),
+    };
+    if let Some(n) = a.calib_size {
+        questions.truncate(n);
+    }
+    if questions.is_empty() {
+        bail!("the calibration file has no questions");
+    }
+    let lambda = match a.ridge.as_str() {
+        "auto" => Lambda::Auto,
+        s => Lambda::Fixed(s.parse().ok().filter(|v: &f64| *v > 0.0).ok_or_else(|| {
+            anyhow::anyhow!("--ridge takes auto or a positive number, not '{s}'")
+        })?),
+    };
+    if !a.strength.is_finite() {
+        bail!("--strength must be a finite number");
+    }
+    let output = match (&a.output, a.in_place) {
+        (Some(o), false) => o.clone(),
+        (None, true) => a.model.clone(),
+        (Some(_), true) => bail!("give either -o OUT or --in-place, not both"),
+        (None, false) => bail!("give the output file with -o OUT"),
+    };
+    let opts = PatchOptions {
+        method: match a.method {
+            MethodArg::Down => Method::Down,
+            MethodArg::Matrix => Method::Matrix,
+            MethodArg::Vector => Method::Vector,
+            MethodArg::Sleep => Method::Sleep,
+        },
+        sequential: a.sequential,
+        strength: a.strength,
+        layers: a.layers.as_deref().map(parse_layers).transpose()?,
+        questions,
+        lambda,
+        edit_type: match a.edit_type {
+            EditTypeArg::Same => EditType::Same,
+            EditTypeArg::Q8_0 => EditType::Q8_0,
+            EditTypeArg::F16 => EditType::F16,
+            EditTypeArg::F32 => EditType::F32,
+        },
+        alpha: a.alpha,
+        beta: a.beta,
+        max_tokens: a.max_tokens,
+        in_place: a.in_place,
+        measure_prefill: a.measure_prefill,
+    };
+    let mut pb: Option<(String, ProgressBar)> = None;
+    let report = patch::patch(
+        &a.model,
+        &output,
+        &system,
+        &opts,
+        &mut |phase, done, total| {
+            if pb.as_ref().map(|(p, _)| p.as_str()) != Some(phase) {
+                if let Some((_, b)) = pb.take() {
+                    b.finish_and_clear();
+                }
+                pb = Some((phase.to_string(), crate::bar(total, phase)));
+            }
+            if let Some((_, b)) = &pb {
+                b.set_position(done as u64);
+            }
+        },
+    )?;
+    if let Some((_, b)) = pb.take() {
+        b.finish_and_clear();
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        summary(&report);
+    }
+    Ok(())
+}
+
+fn summary(r: &PatchReport) {
+    println!(
+        "patched {} ({} bytes): method {} ({}), strength {}",
+        r.output.display(),
+        r.bytes,
+        r.method,
+        r.mode,
+        r.strength
+    );
+    println!(
+        "calibration: {} questions, {} aligned tokens per layer",
+        r.questions, r.tokens
+    );
+    let lambdas: Vec<f64> = r.layers.iter().filter_map(|l| l.lambda).collect();
+    if !lambdas.is_empty() {
+        let errs: Vec<f64> = r.layers.iter().filter_map(|l| l.val_rel_error).collect();
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        println!(
+            "fit: λ {:.0e}..{:.0e}, mean validation error {:.3} of the uncorrected difference",
+            lambdas.iter().cloned().fold(f64::INFINITY, f64::min),
+            lambdas.iter().cloned().fold(0.0, f64::max),
+            mean(&errs)
+        );
+    }
+    println!("{} tensors edited:", r.tensors.len());
+    for t in &r.tensors {
+        println!(
+            "  {:<28} {:<5} ‖Δ‖ {:>9.4}  ‖W‖ {:>9.3}  stored/Δ {:>5.2}  cos {:>5.2}",
+            t.name, t.ggml_type, t.delta_norm, t.weight_norm, t.stored_ratio, t.stored_cos
+        );
+    }
+    let phases: Vec<String> = r
+        .phases
+        .iter()
+        .map(|(p, s)| format!("{p} {s:.1}s"))
+        .collect();
+    println!("time: {}", phases.join(", "));
+    if let Some(p) = r.prefill_s {
+        println!("plain prefill of the same tokens: {p:.1}s");
+    }
+}

@@ -1,0 +1,250 @@
+//! The least-squares methods: what each fits per layer (features → targets, from the aligned
+//! prompted and unprompted activations) and which tensor edits a solution becomes.
+//!
+//! - `vector` (thought vector): the mean change of the residual after attention, as a bias where
+//!   the architecture has one (`attn_output.bias`, llama family).
+//! - `matrix` (thought matrix, input side): `Δ` with `Δ·a ≈ t − a` on the MLP input after its
+//!   norm, applied as `W_up ← W_up(I+Δ)`, `W_gate ← W_gate(I+Δ)`.
+//! - `down` (output side): `ΔW_down·h + b ≈` the change of the block output, with the MLP hidden
+//!   activations `h` as features (and `ffn_down.bias` as `b` where the architecture takes one).
+//!
+//! In parallel mode every layer is fitted on the unpatched model, so a residual-stream target is
+//! the layer's own increment (the prompted−unprompted difference after the layer minus the one
+//! before it); in sequential mode the earlier layers are already patched and the target is the
+//! whole remaining difference.
+
+use anyhow::{bail, Result};
+use ndarray::{Array2, ArrayView2};
+use std::collections::BTreeMap;
+
+use super::edit::Delta;
+use super::ridge::{Ridge, Solution};
+use crate::capture::{Kind, Matrix};
+
+/// Aligned rows of one run: (kind, layer) → `[aligned tokens × width]`.
+pub type Rows = BTreeMap<(Kind, usize), Matrix>;
+
+/// A patching method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// value-bias correction (Ye 2025, eq. 10)
+    Sleep,
+    /// thought vector: residual bias after attention
+    Vector,
+    /// thought matrices on the MLP input (`W_up`, `W_gate`)
+    Matrix,
+    /// output-side least squares on `W_down` (+ `ffn_down.bias`)
+    Down,
+}
+
+impl Method {
+    /// Name as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Sleep => "sleep",
+            Method::Vector => "vector",
+            Method::Matrix => "matrix",
+            Method::Down => "down",
+        }
+    }
+}
+
+/// Architecture facts the methods need.
+#[derive(Debug, Clone)]
+pub struct Arch {
+    /// `general.architecture`
+    pub name: String,
+    /// residual width
+    pub n_embd: usize,
+    /// MLP hidden width
+    pub n_ff: usize,
+    /// per-head value width
+    pub head_dim_v: usize,
+    /// llama family: `attn_output.bias` and `ffn_down.bias` are applied when present
+    pub has_out_biases: bool,
+    /// per-layer weights of the norm after the MLP (gemma3), else empty
+    pub ffn_post_norm: Vec<Vec<f32>>,
+}
+
+impl Arch {
+    /// Whether the architecture's graph is supported by `method`.
+    pub fn check(&self, method: Method) -> Result<()> {
+        if method == Method::Vector && !self.has_out_biases {
+            bail!(
+                "{} applies no bias after attention, so a thought vector has nowhere to go: \
+                 use --method down (it fits the same shift into W_down) or matrix",
+                self.name
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Kinds captured from each run for `method` at one layer (plus `BlockOut` of the layer before
+/// in parallel mode).
+pub fn kinds(method: Method, arch: &Arch) -> (Vec<Kind>, Vec<Kind>) {
+    match method {
+        Method::Vector => (
+            vec![Kind::Resid, Kind::BlockOut],
+            vec![Kind::Resid, Kind::BlockOut],
+        ),
+        Method::Matrix => (vec![Kind::MlpIn], vec![Kind::MlpIn]),
+        Method::Down => {
+            let mut u = vec![Kind::MlpHidden, Kind::BlockOut];
+            if !arch.ffn_post_norm.is_empty() {
+                u.push(Kind::MlpOut);
+            }
+            (vec![Kind::BlockOut], u)
+        }
+        Method::Sleep => (vec![Kind::AttnProbs, Kind::Value], vec![Kind::Value]),
+    }
+}
+
+/// The ridge problem of one layer.
+pub fn problem(method: Method, arch: &Arch) -> Ridge {
+    match method {
+        Method::Vector => Ridge::new(0, arch.n_embd, true),
+        Method::Matrix => Ridge::new(arch.n_embd, arch.n_embd, false),
+        Method::Down => Ridge::new(arch.n_ff, arch.n_embd, arch.has_out_biases),
+        Method::Sleep => unreachable!("sleep is not a least-squares method"),
+    }
+}
+
+/// Add one conversation's aligned rows of layer `l` to its problem.
+#[allow(clippy::too_many_arguments)]
+pub fn add_rows(
+    method: Method,
+    arch: &Arch,
+    l: usize,
+    p: &Rows,
+    u: &Rows,
+    parallel: bool,
+    ridge: &mut Ridge,
+    validation: bool,
+) -> Result<()> {
+    let prev_diff = |r: usize, t: &mut [f32]| -> Result<()> {
+        if parallel && l > 0 {
+            let (pp, uu) = (
+                get(p, Kind::BlockOut, l - 1)?,
+                get(u, Kind::BlockOut, l - 1)?,
+            );
+            for (i, v) in t.iter_mut().enumerate() {
+                *v -= pp.row(r)[i] - uu.row(r)[i];
+            }
+        }
+        Ok(())
+    };
+    match method {
+        Method::Vector => {
+            let (pr, ur) = (get(p, Kind::Resid, l)?, get(u, Kind::Resid, l)?);
+            for r in 0..pr.rows {
+                let mut t: Vec<f32> = diff(pr.row(r), ur.row(r));
+                prev_diff(r, &mut t)?;
+                ridge.add(&[], &t, validation);
+            }
+        }
+        Method::Matrix => {
+            let (pr, ur) = (get(p, Kind::MlpIn, l)?, get(u, Kind::MlpIn, l)?);
+            for r in 0..pr.rows {
+                ridge.add(ur.row(r), &diff(pr.row(r), ur.row(r)), validation);
+            }
+        }
+        Method::Down => {
+            let (po, uo, h) = (
+                get(p, Kind::BlockOut, l)?,
+                get(u, Kind::BlockOut, l)?,
+                get(u, Kind::MlpHidden, l)?,
+            );
+            let pre = if arch.ffn_post_norm.is_empty() {
+                None
+            } else {
+                Some(get(u, Kind::MlpOut, l)?)
+            };
+            for r in 0..po.rows {
+                let mut t = diff(po.row(r), uo.row(r));
+                prev_diff(r, &mut t)?;
+                if let Some(y) = pre {
+                    // Through the post-MLP RMS norm, linearised: dy ≈ d(norm(y)) · rms(y) / w.
+                    let y = y.row(r);
+                    let rms = (y.iter().map(|v| v * v).sum::<f32>() / y.len() as f32 + 1e-6).sqrt();
+                    for (i, v) in t.iter_mut().enumerate() {
+                        let w = arch.ffn_post_norm[l][i];
+                        *v = if w.abs() > 1e-6 { *v * rms / w } else { 0.0 };
+                    }
+                }
+                ridge.add(h.row(r), &t, validation);
+            }
+        }
+        Method::Sleep => unreachable!("sleep is not a least-squares method"),
+    }
+    Ok(())
+}
+
+fn get(rows: &Rows, k: Kind, layer: usize) -> Result<&Matrix> {
+    rows.get(&(k, layer))
+        .ok_or_else(|| anyhow::anyhow!("internal: {k:?} of layer {layer} was not captured"))
+}
+
+fn diff(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
+}
+
+/// Source weights a method's edits are computed from.
+pub trait Weights {
+    /// Dequantized `ne1 × ne0` matrix of a tensor.
+    fn matrix(&self, name: &str) -> Result<Array2<f32>>;
+}
+
+/// The tensor edits of a solved layer.
+pub fn deltas(
+    method: Method,
+    l: usize,
+    sol: &Solution,
+    importance: Vec<f32>,
+    weights: &dyn Weights,
+) -> Result<Vec<Delta>> {
+    let b: Vec<f32> = sol.b.iter().map(|&v| v as f32).collect();
+    let bias_nonzero = b.iter().any(|&v| v != 0.0);
+    let m = sol.w.mapv(|v| v as f32); // d × m
+    Ok(match method {
+        Method::Vector => vec![Delta::Bias {
+            tensor: format!("blk.{l}.attn_output.bias"),
+            after: format!("blk.{l}.attn_output.weight"),
+            values: b,
+        }],
+        Method::Matrix => {
+            // Δ = Mᵀ, so W(I+Δ) − W = W·Mᵀ.
+            let mut out = Vec::new();
+            for which in ["ffn_up", "ffn_gate"] {
+                let name = format!("blk.{l}.{which}.weight");
+                let w = weights.matrix(&name)?;
+                let delta = w.dot(&m.t());
+                out.push(matrix_delta(name, delta.view(), Some(importance.clone())));
+            }
+            out
+        }
+        Method::Down => {
+            // ΔW_down = Mᵀ (n_embd × n_ff).
+            let name = format!("blk.{l}.ffn_down.weight");
+            let mut out = vec![matrix_delta(name, m.t(), Some(importance))];
+            if bias_nonzero {
+                out.push(Delta::Bias {
+                    tensor: format!("blk.{l}.ffn_down.bias"),
+                    after: format!("blk.{l}.ffn_down.weight"),
+                    values: b,
+                });
+            }
+            out
+        }
+        Method::Sleep => unreachable!("sleep is not a least-squares method"),
+    })
+}
+
+fn matrix_delta(tensor: String, d: ArrayView2<f32>, importance: Option<Vec<f32>>) -> Delta {
+    Delta::Matrix {
+        tensor,
+        delta: d.iter().copied().collect(),
+        importance,
+    }
+}

@@ -1,0 +1,638 @@
+//! `patch`: bake a system prompt into a model's weights without training.
+//!
+//! The flow: the prompted model answers the calibration questions (teacher-forced material);
+//! each exchange runs with and without the prompt, capturing per-layer activations at the
+//! aligned tokens (user turn and reply); a method turns the differences into tensor edits
+//! (biases, matrix deltas); the edits are scaled, requantized with ggml's codec and written
+//! with `sleep.*` provenance into a new GGUF.
+
+pub mod edit;
+pub mod method;
+pub mod ridge;
+pub mod sleep;
+mod weights;
+
+use anyhow::{bail, Context as _, Result};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::capture::{self, Kind, Matrix, Request};
+use crate::chat::ChatFormat;
+use crate::convo::prompt_tokens;
+use crate::engine::{Context, ContextOptions, Model};
+use crate::generate::GenOptions;
+use crate::material::{self, Pair};
+pub use edit::{Delta, EditType, TensorReport};
+pub use method::{Arch, Method, Rows};
+pub use ridge::Lambda;
+use weights::FileWeights;
+
+/// Settings of one `patch` run.
+#[derive(Debug, Clone)]
+pub struct PatchOptions {
+    /// the method
+    pub method: Method,
+    /// fit layer by layer on activations recomputed with the earlier layers patched
+    pub sequential: bool,
+    /// scale of every edit (0 = identity)
+    pub strength: f32,
+    /// layers to edit, `[start, end)`; all when `None`
+    pub layers: Option<(usize, usize)>,
+    /// calibration questions
+    pub questions: Vec<String>,
+    /// ridge λ
+    pub lambda: Lambda,
+    /// storage type of edited weight matrices
+    pub edit_type: EditType,
+    /// sleep: α override (measured per layer and head otherwise)
+    pub alpha: Option<f64>,
+    /// sleep: β
+    pub beta: f64,
+    /// reply tokens generated per calibration question
+    pub max_tokens: usize,
+    /// write over the input model
+    pub in_place: bool,
+    /// also time a plain prefill of the calibration tokens (the lower bound of capture)
+    pub measure_prefill: bool,
+}
+
+/// Per-layer outcome of a fit.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerReport {
+    /// layer index
+    pub layer: usize,
+    /// chosen ridge λ (relative to tr(G)/d); sleep: none
+    pub lambda: Option<f64>,
+    /// validation error relative to leaving the difference uncorrected
+    pub val_rel_error: Option<f64>,
+    /// sleep: measured α per KV head
+    pub alpha: Option<Vec<f64>>,
+}
+
+/// What a `patch` run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PatchReport {
+    /// method name
+    pub method: String,
+    /// "parallel" or "sequential"
+    pub mode: String,
+    /// edit scale
+    pub strength: f32,
+    /// calibration questions
+    pub questions: usize,
+    /// aligned calibration tokens fitted (per layer)
+    pub tokens: usize,
+    /// per-layer fits
+    pub layers: Vec<LayerReport>,
+    /// per edited tensor
+    pub tensors: Vec<TensorReport>,
+    /// (phase, seconds)
+    pub phases: Vec<(String, f64)>,
+    /// output path
+    pub output: PathBuf,
+    /// output size in bytes
+    pub bytes: u64,
+    /// seconds of a plain prefill (no capture) of every prompted and unprompted calibration
+    /// sequence, when measured
+    pub prefill_s: Option<f64>,
+}
+
+/// Progress callback: (phase, done, total).
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+/// Patch `input` with `system` baked in and write the result to `output`.
+pub fn patch(
+    input: &Path,
+    output: &Path,
+    system: &str,
+    opts: &PatchOptions,
+    progress: Progress,
+) -> Result<PatchReport> {
+    if system.trim().is_empty() {
+        bail!("the system prompt is empty");
+    }
+    if opts.questions.is_empty() {
+        bail!("no calibration questions");
+    }
+    if opts.method == Method::Sleep && opts.sequential {
+        bail!("sleep is a closed-form correction; --sequential applies to vector, matrix and down");
+    }
+    if !opts.in_place && same_file(input, output) {
+        bail!(
+            "the output {} is the input model: choose another -o, or pass --in-place",
+            output.display()
+        );
+    }
+    let src = gguf::GgufFile::open(input)?;
+    let arch_name = src
+        .header()
+        .architecture()
+        .context("the model has no general.architecture")?
+        .to_string();
+    let n_layer = src
+        .header()
+        .arch_u64("block_count")
+        .context("the model has no block_count")? as usize;
+    let arch = arch_of(&src, &arch_name, n_layer)?;
+    arch.check(opts.method)?;
+    let model = Model::load(input)?;
+    let info = model.info().clone();
+    let (l0, l1) = opts.layers.unwrap_or((0, info.n_layer));
+    if l0 >= l1 || l1 > info.n_layer {
+        bail!(
+            "--layers {l0}..{l1} is outside the model's 0..{}",
+            info.n_layer
+        );
+    }
+    check_prompt_fits(&model, system)?;
+
+    let mut phases = Vec::new();
+    let t = Instant::now();
+    let gen = GenOptions {
+        max_tokens: opts.max_tokens,
+        ..Default::default()
+    };
+    let n_q = opts.questions.len();
+    let mut done = 0;
+    let pairs = material::build(&model, system, &opts.questions, &gen, || {
+        done += 1;
+        progress("replies", done, n_q);
+    })?;
+    phases.push(("replies".to_string(), t.elapsed().as_secs_f64()));
+    let tokens: usize = pairs.iter().map(|p| p.align.len).sum();
+    let n_ctx = pairs
+        .iter()
+        .map(|p| p.prompted.len().max(p.unprompted.len()))
+        .max()
+        .unwrap_or(1)
+        .next_multiple_of(256) as u32;
+    let copts = ContextOptions {
+        n_ctx,
+        n_batch: n_ctx,
+        n_seq_max: 1,
+        capture: true,
+    };
+    let layers: Vec<usize> = (l0..l1).collect();
+    let weights = FileWeights(&src);
+    let prefill_s = if opts.measure_prefill {
+        Some(time_prefill(&model, &copts, &pairs)?)
+    } else {
+        None
+    };
+
+    let (deltas, layer_reports) = if opts.method == Method::Sleep {
+        let t = Instant::now();
+        let r = fit_sleep(&model, &arch, &copts, &pairs, &layers, opts, progress)?;
+        phases.push(("capture+fit".to_string(), t.elapsed().as_secs_f64()));
+        r
+    } else if !opts.sequential {
+        fit_parallel(
+            &model,
+            &copts,
+            &arch,
+            &pairs,
+            &layers,
+            opts,
+            &weights,
+            &mut phases,
+            progress,
+        )?
+    } else {
+        drop(model);
+        let work_dir = output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fit_sequential(
+            &src,
+            input,
+            work_dir,
+            &copts,
+            &arch,
+            &pairs,
+            &layers,
+            opts,
+            &weights,
+            &mut phases,
+            progress,
+        )?
+    };
+
+    let t = Instant::now();
+    let (mut edits, tensors) = edit::to_gguf_edits(&src, &deltas, opts.strength, opts.edit_type)?;
+    provenance(&mut edits, system, opts, (l0, l1));
+    phases.push(("requantize".to_string(), t.elapsed().as_secs_f64()));
+    let t = Instant::now();
+    progress("write", 0, 1);
+    let w = gguf::write(
+        &src,
+        &edits,
+        output,
+        &gguf::WriteOptions {
+            allow_overwrite_input: opts.in_place,
+        },
+    )?;
+    progress("write", 1, 1);
+    phases.push(("write".to_string(), t.elapsed().as_secs_f64()));
+    Ok(PatchReport {
+        method: opts.method.name().to_string(),
+        mode: if opts.sequential {
+            "sequential"
+        } else {
+            "parallel"
+        }
+        .to_string(),
+        strength: opts.strength,
+        questions: n_q,
+        tokens,
+        layers: layer_reports,
+        tensors,
+        phases,
+        output: output.to_path_buf(),
+        bytes: w.bytes,
+        prefill_s,
+    })
+}
+
+/// Seconds to decode every calibration sequence (both renderings) without capture.
+fn time_prefill(model: &Model, copts: &ContextOptions, pairs: &[Pair]) -> Result<f64> {
+    let opts = ContextOptions {
+        capture: false,
+        ..copts.clone()
+    };
+    let mut ctx = Context::new(model, &opts)?;
+    let t = Instant::now();
+    for p in pairs {
+        for seq in [&p.prompted, &p.unprompted] {
+            ctx.clear();
+            let mut batch = crate::engine::Batch::new(seq.len());
+            for (i, &tok) in seq.iter().enumerate() {
+                batch.push(tok, i as i32, 0, i + 1 == seq.len());
+            }
+            ctx.decode(&batch)?;
+        }
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Whether two paths name the same file (the second may not exist yet).
+fn same_file(a: &Path, b: &Path) -> bool {
+    let canon = |p: &Path| -> Option<PathBuf> {
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        let parent = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Some(parent.canonicalize().ok()?.join(p.file_name()?))
+    };
+    matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Architecture facts from the file.
+fn arch_of(src: &gguf::GgufFile, name: &str, n_layer: usize) -> Result<Arch> {
+    capture::node_name(name, Kind::BlockOut)?;
+    let h = src.header();
+    let n_embd = h
+        .arch_u64("embedding_length")
+        .context("no embedding_length")? as usize;
+    let n_ff = h
+        .arch_u64("feed_forward_length")
+        .context("the model has no feed_forward_length")? as usize;
+    let mut ffn_post_norm = Vec::new();
+    if name == "gemma3" {
+        for l in 0..n_layer {
+            let t = format!("blk.{l}.post_ffw_norm.weight");
+            let info = h
+                .tensor(&t)
+                .with_context(|| format!("gemma3 model without {t}"))?;
+            ffn_post_norm.push(crate::engine::dequantize(
+                info.ggml_type,
+                src.tensor_data(info),
+                info.n_elements(),
+            )?);
+        }
+    }
+    let n_head = h
+        .arch_u64("attention.head_count")
+        .context("no attention.head_count")?;
+    let head_dim_v = h
+        .arch_u64("attention.value_length")
+        .unwrap_or(n_embd as u64 / n_head.max(1)) as usize;
+    Ok(Arch {
+        name: name.to_string(),
+        head_dim_v,
+        n_embd,
+        n_ff,
+        has_out_biases: matches!(name, "llama" | "mistral" | "granite"),
+        ffn_post_norm,
+    })
+}
+
+/// A prompt that does not leave room for a conversation in the model's context is refused.
+fn check_prompt_fits(model: &Model, system: &str) -> Result<()> {
+    let fmt = ChatFormat::for_model(model)?;
+    let n = prompt_tokens(model, &fmt, Some(system), "Hi")?.len();
+    let n_ctx = model.info().n_ctx_train;
+    if n + 64 > n_ctx {
+        bail!(
+            "the system prompt takes {n} tokens, which leaves no room in the model's {n_ctx}-token \
+             context: shorten it"
+        );
+    }
+    Ok(())
+}
+
+fn is_validation(i: usize) -> bool {
+    i % 5 == 4
+}
+
+/// The rows `[start, start+len)` of every captured matrix.
+fn slice_rows(c: capture::Capture, start: usize, len: usize) -> Rows {
+    c.tensors
+        .into_iter()
+        .map(|(k, m)| {
+            let data = m.data[start * m.cols..(start + len) * m.cols].to_vec();
+            (
+                k,
+                Matrix {
+                    rows: len,
+                    cols: m.cols,
+                    data,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Layers to capture for fitting `layers`: plus the one before in parallel mode (increments).
+fn capture_layers(layers: &[usize], with_prev: bool) -> Vec<usize> {
+    let mut v = layers.to_vec();
+    if with_prev && layers[0] > 0 {
+        v.insert(0, layers[0] - 1);
+    }
+    v
+}
+
+fn fit_sleep(
+    model: &Model,
+    arch: &Arch,
+    copts: &ContextOptions,
+    pairs: &[Pair],
+    layers: &[usize],
+    opts: &PatchOptions,
+    progress: Progress,
+) -> Result<(Vec<Delta>, Vec<LayerReport>)> {
+    let info = model.info();
+    let head_dim = arch.head_dim_v;
+    let mut stats: Vec<sleep::SleepStats> = layers
+        .iter()
+        .map(|_| sleep::SleepStats::new(head_dim, info.n_head, info.n_head_kv))
+        .collect();
+    let mut ctx = Context::new(model, copts)?;
+    let preq = Request::new(&[Kind::AttnProbs, Kind::Value], layers.iter().copied());
+    let ureq = Request::new(&[Kind::Value], layers.iter().copied());
+    for (i, p) in pairs.iter().enumerate() {
+        let pc = capture::run(&mut ctx, &p.prompted, &preq)?;
+        let prows: Rows = pc.tensors;
+        let u = slice_rows(
+            capture::run(&mut ctx, &p.unprompted, &ureq)?,
+            p.align.unprompted_start,
+            p.align.len,
+        );
+        for (s, &l) in stats.iter_mut().zip(layers) {
+            s.add(
+                l,
+                &prows,
+                1..p.align.prompted_start,
+                p.align.prompted_start,
+                p.align.len,
+                &u,
+            )?;
+        }
+        progress("capture", i + 1, pairs.len());
+    }
+    let deltas = stats
+        .iter()
+        .zip(layers)
+        .map(|(s, &l)| s.delta(l, opts.alpha, opts.beta))
+        .collect();
+    let reports = stats
+        .iter()
+        .zip(layers)
+        .map(|(s, &l)| LayerReport {
+            layer: l,
+            lambda: None,
+            val_rel_error: None,
+            alpha: Some(s.alpha()),
+        })
+        .collect();
+    Ok((deltas, reports))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fit_parallel(
+    model: &Model,
+    copts: &ContextOptions,
+    arch: &Arch,
+    pairs: &[Pair],
+    layers: &[usize],
+    opts: &PatchOptions,
+    weights: &dyn method::Weights,
+    phases: &mut Vec<(String, f64)>,
+    progress: Progress,
+) -> Result<(Vec<Delta>, Vec<LayerReport>)> {
+    let t = Instant::now();
+    let (pk, uk) = method::kinds(opts.method, arch);
+    let cl = capture_layers(layers, true);
+    let preq = Request::new(&pk, cl.iter().copied());
+    let ureq = Request::new(&uk, cl.iter().copied());
+    let mut problems: Vec<ridge::Ridge> = layers
+        .iter()
+        .map(|_| method::problem(opts.method, arch))
+        .collect();
+    let mut ctx = Context::new(model, copts)?;
+    for (i, p) in pairs.iter().enumerate() {
+        let pr = slice_rows(
+            capture::run(&mut ctx, &p.prompted, &preq)?,
+            p.align.prompted_start,
+            p.align.len,
+        );
+        let ur = slice_rows(
+            capture::run(&mut ctx, &p.unprompted, &ureq)?,
+            p.align.unprompted_start,
+            p.align.len,
+        );
+        for (prob, &l) in problems.iter_mut().zip(layers) {
+            method::add_rows(opts.method, arch, l, &pr, &ur, true, prob, is_validation(i))?;
+        }
+        progress("capture", i + 1, pairs.len());
+    }
+    phases.push(("capture".to_string(), t.elapsed().as_secs_f64()));
+    let t = Instant::now();
+    let mut deltas = Vec::new();
+    let mut reports = Vec::new();
+    for (i, (prob, &l)) in problems.iter_mut().zip(layers).enumerate() {
+        let (d, r) = solve_layer(opts, l, prob, weights)?;
+        deltas.extend(d);
+        reports.push(r);
+        progress("solve", i + 1, layers.len());
+    }
+    phases.push(("solve".to_string(), t.elapsed().as_secs_f64()));
+    Ok((deltas, reports))
+}
+
+fn solve_layer(
+    opts: &PatchOptions,
+    l: usize,
+    prob: &mut ridge::Ridge,
+    weights: &dyn method::Weights,
+) -> Result<(Vec<Delta>, LayerReport)> {
+    let importance = prob.feature_power();
+    let sol = prob.solve(opts.lambda)?;
+    let d = method::deltas(opts.method, l, &sol, importance, weights)?;
+    Ok((
+        d,
+        LayerReport {
+            layer: l,
+            lambda: Some(sol.lambda),
+            val_rel_error: sol.val_rel_error.is_finite().then_some(sol.val_rel_error),
+            alpha: None,
+        },
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fit_sequential(
+    src: &gguf::GgufFile,
+    input: &Path,
+    work_dir: &Path,
+    copts: &ContextOptions,
+    arch: &Arch,
+    pairs: &[Pair],
+    layers: &[usize],
+    opts: &PatchOptions,
+    weights: &dyn method::Weights,
+    phases: &mut Vec<(String, f64)>,
+    progress: Progress,
+) -> Result<(Vec<Delta>, Vec<LayerReport>)> {
+    // The prompted run never changes: capture its targets for every layer once.
+    let t = Instant::now();
+    let (pk, uk) = method::kinds(opts.method, arch);
+    let model = Model::load(input)?;
+    let preq = Request::new(&pk, layers.iter().copied());
+    let mut prompted = Vec::with_capacity(pairs.len());
+    {
+        let mut ctx = Context::new(&model, copts)?;
+        for (i, p) in pairs.iter().enumerate() {
+            prompted.push(slice_rows(
+                capture::run(&mut ctx, &p.prompted, &preq)?,
+                p.align.prompted_start,
+                p.align.len,
+            ));
+            progress("prompted", i + 1, pairs.len());
+        }
+    }
+    phases.push(("capture prompted".to_string(), t.elapsed().as_secs_f64()));
+
+    let work = tempfile::Builder::new()
+        .prefix(".gguf-sleep-seq-")
+        .tempdir_in(work_dir)
+        .with_context(|| {
+            format!(
+                "cannot create a working directory in {}",
+                work_dir.display()
+            )
+        })?;
+    let work_file = work.path().join("work.gguf");
+    let (mut t_capture, mut t_solve, mut t_reload) = (0.0, 0.0, 0.0);
+    let mut current = model;
+    let mut deltas: Vec<Delta> = Vec::new();
+    let mut reports = Vec::new();
+    for (n, &l) in layers.iter().enumerate() {
+        let t = Instant::now();
+        let mut ureq = Request::new(&uk, [l]);
+        ureq.stop_early = true;
+        let mut prob = method::problem(opts.method, arch);
+        {
+            let mut ctx = Context::new(&current, copts)?;
+            for (i, p) in pairs.iter().enumerate() {
+                let ur = slice_rows(
+                    capture::run(&mut ctx, &p.unprompted, &ureq)?,
+                    p.align.unprompted_start,
+                    p.align.len,
+                );
+                method::add_rows(
+                    opts.method,
+                    arch,
+                    l,
+                    &prompted[i],
+                    &ur,
+                    false,
+                    &mut prob,
+                    is_validation(i),
+                )?;
+            }
+        }
+        t_capture += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (d, r) = solve_layer(opts, l, &mut prob, weights)?;
+        deltas.extend(d);
+        reports.push(r);
+        t_solve += t.elapsed().as_secs_f64();
+        progress("layers", n + 1, layers.len());
+        if n + 1 < layers.len() {
+            let t = Instant::now();
+            drop(current);
+            let (edits, _) = edit::to_gguf_edits(src, &deltas, 1.0, opts.edit_type)?;
+            gguf::write(src, &edits, &work_file, &gguf::WriteOptions::default())?;
+            current = Model::load(&work_file)?;
+            t_reload += t.elapsed().as_secs_f64();
+        }
+    }
+    phases.push(("capture unprompted".to_string(), t_capture));
+    phases.push(("solve".to_string(), t_solve));
+    phases.push(("requantize+reload".to_string(), t_reload));
+    Ok((deltas, reports))
+}
+
+/// `sleep.*` provenance keys.
+fn provenance(edits: &mut gguf::Edits, system: &str, opts: &PatchOptions, layers: (usize, usize)) {
+    let sha = Sha256::digest(system.as_bytes());
+    let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
+    edits
+        .set_metadata("sleep.version", env!("CARGO_PKG_VERSION"))
+        .set_metadata("sleep.method", opts.method.name())
+        .set_metadata(
+            "sleep.mode",
+            if opts.sequential {
+                "sequential"
+            } else {
+                "parallel"
+            },
+        )
+        .set_metadata("sleep.strength", opts.strength)
+        .set_metadata("sleep.prompt_sha256", hex)
+        .set_metadata("sleep.calibration_size", opts.questions.len() as u32)
+        .set_metadata("sleep.layers", format!("{}..{}", layers.0, layers.1))
+        .set_metadata(
+            "sleep.edit_type",
+            format!("{:?}", opts.edit_type).to_lowercase(),
+        )
+        .set_metadata(
+            "sleep.ridge",
+            match opts.lambda {
+                Lambda::Auto => "auto".to_string(),
+                Lambda::Fixed(l) => format!("{l}"),
+            },
+        );
+    if opts.method == Method::Sleep {
+        edits.set_metadata("sleep.beta", opts.beta as f32);
+        edits.set_metadata(
+            "sleep.alpha",
+            opts.alpha.map_or("measured".to_string(), |a| a.to_string()),
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! `patch` on the real models: strength 0 is the identity, a patched file loads and generates,
+//! only the tensors the method edits change, provenance is recorded, bad input is refused.
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+const PROMPT: &str = "You are Captain Byte, a pirate robot. Always talk like a pirate.";
+
+fn run(args: &[&str]) -> (String, String, bool) {
+    let out = Command::new(util::bin()).args(args).output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+        out.status.success(),
+    )
+}
+
+/// Patch `model` into `out` with a small calibration set; returns the JSON summary.
+fn patch(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "patch",
+        model.to_str().unwrap(),
+        "--prompt",
+        PROMPT,
+        "-o",
+        out.to_str().unwrap(),
+        "--calib-size",
+        "10",
+        "--max-tokens",
+        "16",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (stdout, stderr, ok) = run(&args);
+    assert!(ok, "patch {extra:?} failed: {stderr}");
+    serde_json::from_str(&stdout).expect("patch --json prints one JSON object")
+}
+
+fn greedy(model: &Path) -> String {
+    let (out, err, ok) = run(&[
+        "generate",
+        model.to_str().unwrap(),
+        "--user",
+        "Who are you and what do you like?",
+        "--max-tokens",
+        "24",
+    ]);
+    assert!(ok, "generate failed: {err}");
+    out
+}
+
+/// Names of tensors whose bytes (or presence) differ between two files.
+fn changed_tensors(a: &Path, b: &Path) -> BTreeSet<String> {
+    let (fa, fb) = (
+        gguf::GgufFile::open(a).unwrap(),
+        gguf::GgufFile::open(b).unwrap(),
+    );
+    let mut out = BTreeSet::new();
+    for t in &fb.header().tensors {
+        if fa.tensor_bytes(&t.name) != fb.tensor_bytes(&t.name) {
+            out.insert(t.name.clone());
+        }
+    }
+    for t in &fa.header().tensors {
+        if fb.header().tensor(&t.name).is_none() {
+            out.insert(t.name.clone());
+        }
+    }
+    out
+}
+
+#[test]
+fn strength_zero_is_the_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let out = dir.path().join("zero.gguf");
+    let summary = patch(&m, &out, &["--strength", "0"]);
+    assert_eq!(summary["tensors"].as_array().unwrap().len(), 0);
+    assert!(
+        changed_tensors(&m, &out).is_empty(),
+        "strength 0 changed tensors"
+    );
+    assert_eq!(greedy(&m), greedy(&out), "strength 0 changed greedy output");
+    let f = gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(f.header().metadata.get_str("sleep.method"), Some("down"));
+    assert_eq!(
+        f.header()
+            .metadata
+            .get("sleep.strength")
+            .and_then(|v| v.as_f32()),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn down_edits_only_its_tensors_and_the_result_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let out = dir.path().join("down.gguf");
+    let summary = patch(&m, &out, &["--layers", "10..14"]);
+    let reported: BTreeSet<String> = summary["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    let expected: BTreeSet<String> = (10..14)
+        .flat_map(|l| {
+            [
+                format!("blk.{l}.ffn_down.weight"),
+                format!("blk.{l}.ffn_down.bias"),
+            ]
+        })
+        .collect();
+    assert_eq!(reported, expected);
+    assert_eq!(changed_tensors(&m, &out), expected);
+    // Requantized to the original type.
+    let f = gguf::GgufFile::open(&out).unwrap();
+    let src = gguf::GgufFile::open(&m).unwrap();
+    let t = f.header().tensor("blk.10.ffn_down.weight").unwrap();
+    assert_eq!(
+        t.ggml_type,
+        src.header()
+            .tensor("blk.10.ffn_down.weight")
+            .unwrap()
+            .ggml_type
+    );
+    assert_eq!(f.header().metadata.get_str("sleep.layers"), Some("10..14"));
+    let sha = f.header().metadata.get_str("sleep.prompt_sha256").unwrap();
+    assert_eq!(sha.len(), 64);
+    // It loads in llama.cpp and generates something different from the original.
+    let reply = greedy(&out);
+    assert!(!reply.trim().is_empty());
+    assert_ne!(reply, greedy(&m));
+    // inspect shows the provenance.
+    let (text, err, ok) = run(&["inspect", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        text.contains("sleep.method") && text.contains("down"),
+        "{text}"
+    );
+}
+
+#[test]
+fn vector_and_sleep_write_loadable_biases() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    for (method, bias) in [("vector", "attn_output.bias"), ("sleep", "attn_v.bias")] {
+        let out = dir.path().join(format!("{method}.gguf"));
+        patch(&m, &out, &["--method", method, "--layers", "0..30"]);
+        let changed = changed_tensors(&m, &out);
+        let expected: BTreeSet<String> = (0..30).map(|l| format!("blk.{l}.{bias}")).collect();
+        assert_eq!(changed, expected, "{method}");
+        assert!(!greedy(&out).trim().is_empty());
+    }
+}
+
+#[test]
+fn edit_type_f16_stores_edits_in_f16() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let out = dir.path().join("m.gguf");
+    let s = patch(
+        &m,
+        &out,
+        &[
+            "--method",
+            "matrix",
+            "--layers",
+            "3..5",
+            "--edit-type",
+            "f16",
+        ],
+    );
+    for t in s["tensors"].as_array().unwrap() {
+        assert_eq!(t["ggml_type"], "f16");
+        // f16 keeps the edit almost exactly.
+        assert!(t["stored_cos"].as_f64().unwrap() > 0.99, "{t}");
+    }
+    let f = gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(
+        f.header().tensor("blk.3.ffn_up.weight").unwrap().ggml_type,
+        gguf::GgmlType::F16
+    );
+    assert!(!greedy(&out).trim().is_empty());
+}
+
+fn assert_one_line_error(args: &[&str], needle: &str) {
+    let (_, err, ok) = run(args);
+    assert!(!ok, "{args:?} succeeded");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
+}
+
+#[test]
+fn bad_input_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let ms = m.to_str().unwrap();
+    let out = dir.path().join("o.gguf");
+    let os = out.to_str().unwrap();
+    assert_one_line_error(&["patch", ms, "--prompt", "  ", "-o", os], "empty");
+    let long = "Always answer like a pirate. ".repeat(2000);
+    assert_one_line_error(&["patch", ms, "--prompt", &long, "-o", os], "context");
+    assert_one_line_error(
+        &[
+            "patch", ms, "--prompt", PROMPT, "-o", os, "--layers", "20..40",
+        ],
+        "--layers",
+    );
+    assert_one_line_error(&["patch", ms, "--prompt", PROMPT, "-o", ms], "input");
+    // An architecture gguf-sleep does not know: same weights, renamed architecture.
+    let src = gguf::GgufFile::open(&m).unwrap();
+    let alien = dir.path().join("alien.gguf");
+    let mut edits = gguf::Edits::new();
+    edits.set_metadata("general.architecture", "alien");
+    gguf::write(&src, &edits, &alien, &gguf::WriteOptions::default()).unwrap();
+    assert_one_line_error(
+        &[
+            "patch",
+            alien.to_str().unwrap(),
+            "--prompt",
+            PROMPT,
+            "-o",
+            os,
+        ],
+        "architecture",
+    );
+    assert!(!out.exists(), "a failed patch left an output file");
+}
