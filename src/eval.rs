@@ -196,7 +196,7 @@ fn locality(bctx: &mut Context, cctx: &mut Context) -> Result<(f64, usize)> {
 
 /// Log-probabilities predicting each of the last `count` tokens of `tokens` (teacher-forced).
 pub fn logprobs_at(ctx: &mut Context, tokens: &[i32], count: usize) -> Result<Vec<Vec<f32>>> {
-    if count == 0 || count >= tokens.len() + 1 || tokens.len() > ctx.n_batch() as usize {
+    if count == 0 || count > tokens.len() || tokens.len() > ctx.n_batch() as usize {
         bail!(
             "cannot score {count} of {} tokens in a context of {}",
             tokens.len(),

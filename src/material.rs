@@ -66,10 +66,10 @@ pub fn build(
     Ok(out)
 }
 
-/// Where generated calibration replies are kept between runs (`GGUF_SLEEP_CACHE`, else
-/// `~/.cache/gguf-sleep/replies`); `GGUF_SLEEP_CACHE=off` disables the cache.
+/// Where generated calibration replies are kept between runs (`GGUF_SLEEP_REPLY_CACHE`, else
+/// `~/.cache/gguf-sleep/replies`); `GGUF_SLEEP_REPLY_CACHE=off` disables the cache.
 fn cache_dir() -> Option<std::path::PathBuf> {
-    match std::env::var_os("GGUF_SLEEP_CACHE") {
+    match std::env::var_os("GGUF_SLEEP_REPLY_CACHE") {
         Some(v) if v == "off" => None,
         Some(v) => Some(v.into()),
         None => Some(

@@ -77,7 +77,7 @@ fn strength_zero_is_the_identity() {
     let dir = tempfile::tempdir().unwrap();
     let m = util::smollm2();
     let out = dir.path().join("zero.gguf");
-    let summary = patch(&m, &out, &["--strength", "0"]);
+    let summary = patch(&m, &out, &["--strength", "0", "--parallel"]);
     assert_eq!(summary["tensors"].as_array().unwrap().len(), 0);
     assert!(
         changed_tensors(&m, &out).is_empty(),
@@ -150,7 +150,16 @@ fn vector_and_sleep_write_loadable_biases() {
     let m = util::smollm2();
     for (method, bias) in [("vector", "attn_output.bias"), ("sleep", "attn_v.bias")] {
         let out = dir.path().join(format!("{method}.gguf"));
-        patch(&m, &out, &["--method", method, "--layers", "0..30"]);
+        let extra: &[&str] = if method == "sleep" {
+            &[]
+        } else {
+            &["--parallel"]
+        };
+        patch(
+            &m,
+            &out,
+            &[&["--method", method, "--layers", "0..30"], extra].concat(),
+        );
         let changed = changed_tensors(&m, &out);
         let expected: BTreeSet<String> = (0..30).map(|l| format!("blk.{l}.{bias}")).collect();
         assert_eq!(changed, expected, "{method}");
@@ -231,4 +240,63 @@ fn bad_input_is_a_one_line_error() {
         "architecture",
     );
     assert!(!out.exists(), "a failed patch left an output file");
+}
+
+/// The written edit does what the fit says: after patching one layer (`down`, f32 storage, so no
+/// requantization noise), that layer's output in the unprompted run of a calibration exchange
+/// moves toward the prompted run's.
+#[test]
+fn a_fitted_layer_moves_toward_the_prompted_run() {
+    use gguf_sleep::capture::{self, Kind, Request};
+    use gguf_sleep::engine::{Context, ContextOptions, Model};
+    use gguf_sleep::generate::GenOptions;
+
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let out = dir.path().join("one.gguf");
+    let l = 12;
+    let layers = format!("{l}..{}", l + 1);
+    patch(&m, &out, &["--layers", &layers, "--edit-type", "f32"]);
+
+    let base = Model::load(&m).unwrap();
+    let questions: Vec<String> = gguf_sleep::eval::lines(gguf_sleep::material::CALIBRATION)
+        .into_iter()
+        .take(10)
+        .collect();
+    let gen = GenOptions {
+        max_tokens: 16,
+        ..Default::default()
+    };
+    let pairs = gguf_sleep::material::build(&base, PROMPT, &questions, &gen, || {}).unwrap();
+    let patched = Model::load(&out).unwrap();
+    let opts = ContextOptions {
+        capture: true,
+        ..Default::default()
+    };
+    let req = Request::new(&[Kind::BlockOut], [l]);
+    let (mut before, mut after) = (0f64, 0f64);
+    for p in &pairs {
+        let a = p.align;
+        let rows = |model: &Model, toks: &[i32], start: usize| -> Vec<f32> {
+            let mut ctx = Context::new(model, &opts).unwrap();
+            let c = capture::run(&mut ctx, toks, &req).unwrap();
+            let mx = &c.tensors[&(Kind::BlockOut, l)];
+            mx.data[start * mx.cols..(start + a.len) * mx.cols].to_vec()
+        };
+        let target = rows(&base, &p.prompted, a.prompted_start);
+        let u = rows(&base, &p.unprompted, a.unprompted_start);
+        let v = rows(&patched, &p.unprompted, a.unprompted_start);
+        let d2 = |x: &[f32]| -> f64 {
+            x.iter()
+                .zip(&target)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum()
+        };
+        before += d2(&u);
+        after += d2(&v);
+    }
+    assert!(
+        after < 0.8 * before,
+        "layer {l}: distance to the prompted run {after:.1} after patching vs {before:.1} before"
+    );
 }

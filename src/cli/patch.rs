@@ -44,8 +44,12 @@ pub struct PatchArgs {
     #[arg(long, value_name = "N")]
     calib_size: Option<usize>,
     /// fit layer by layer, each on activations recomputed with the earlier layers patched
-    #[arg(long)]
+    /// (the default for down, matrix and vector)
+    #[arg(long, conflicts_with = "parallel")]
     sequential: bool,
+    /// fit every layer in one pass on the unpatched model (faster, much less faithful)
+    #[arg(long)]
+    parallel: bool,
     /// ridge λ relative to the mean feature power: auto (validated) or a number
     #[arg(long, default_value = "auto")]
     ridge: String,
@@ -141,7 +145,7 @@ pub fn run(a: PatchArgs) -> Result<()> {
             MethodArg::Vector => Method::Vector,
             MethodArg::Sleep => Method::Sleep,
         },
-        sequential: a.sequential,
+        sequential: !a.parallel && !matches!(a.method, MethodArg::Sleep) || a.sequential,
         strength: a.strength,
         layers: a.layers.as_deref().map(parse_layers).transpose()?,
         questions,

@@ -116,7 +116,14 @@ pub fn quantize(
             return Err(CodecError::RowLength(im.len() as u64, "importance"));
         }
     }
-    if traits(ty).from_float_ref.is_none() && ty != GgmlType::F16 && ty != GgmlType::BF16 {
+    // Types that need an importance matrix have no reference quantizer in the type traits, but
+    // ggml_quantize_chunk handles them once the matrix is given.
+    let by_imatrix = imatrix.is_some() && quantize_requires_imatrix(ty);
+    if traits(ty).from_float_ref.is_none()
+        && ty != GgmlType::F16
+        && ty != GgmlType::BF16
+        && !by_imatrix
+    {
         return Err(CodecError::Unsupported(ty.name()));
     }
     let row_bytes = (n_per_row / bs * ty.type_size()) as usize;

@@ -166,11 +166,14 @@ pub fn add_rows(
                 prev_diff(r, &mut t)?;
                 if let Some(y) = pre {
                     // Through the post-MLP RMS norm, linearised: dy ≈ d(norm(y)) · rms(y) / w.
+                    // Channels the norm nearly closes (|w| under a tenth of the mean) are left
+                    // alone: the block cannot move them without a huge weight change.
                     let y = y.row(r);
                     let rms = (y.iter().map(|v| v * v).sum::<f32>() / y.len() as f32 + 1e-6).sqrt();
-                    for (i, v) in t.iter_mut().enumerate() {
-                        let w = arch.ffn_post_norm[l][i];
-                        *v = if w.abs() > 1e-6 { *v * rms / w } else { 0.0 };
+                    let w = &arch.ffn_post_norm[l];
+                    let floor = 0.1 * w.iter().map(|v| v.abs()).sum::<f32>() / w.len() as f32;
+                    for (v, &wi) in t.iter_mut().zip(w) {
+                        *v = if wi.abs() > floor { *v * rms / wi } else { 0.0 };
                     }
                 }
                 ridge.add(h.row(r), &t, validation);

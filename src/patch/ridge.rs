@@ -272,8 +272,8 @@ mod tests {
                 assert!((sol.w[[k, j]] - w[k * m + j] as f64).abs() < 1e-4);
             }
         }
-        for j in 0..m {
-            assert!((sol.b[j] - b[j] as f64).abs() < 1e-4);
+        for (got, want) in sol.b.iter().zip(b) {
+            assert!((got - want as f64).abs() < 1e-4);
         }
     }
 

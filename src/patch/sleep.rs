@@ -116,11 +116,11 @@ impl SleepStats {
     pub fn delta(&self, l: usize, alpha: Option<f64>, beta: f64) -> Delta {
         let measured = self.alpha();
         let mut values = Vec::with_capacity(self.n_head_kv * self.head_dim);
-        for g in 0..self.n_head_kv {
-            let a = alpha.unwrap_or(measured[g]);
-            for i in 0..self.head_dim {
-                let vsys = self.vsys[g][i] / self.mass[g].max(1e-30);
-                let vbar = self.vbar[g][i] / self.tokens.max(1.0);
+        for (g, &m) in measured.iter().enumerate() {
+            let a = alpha.unwrap_or(m);
+            for (vs, vb) in self.vsys[g].iter().zip(&self.vbar[g]) {
+                let vsys = vs / self.mass[g].max(1e-30);
+                let vbar = vb / self.tokens.max(1.0);
                 values.push((a * (beta * vsys - vbar)) as f32);
             }
         }
