@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=$1; PROMPT=$2; shift 2
-BIN=target/release/gguf-sleep
+BIN=${GGUF_SLEEP_BIN:-target/release/gguf-sleep}
 LOG=${FIDELITY_LOG:-docs/fidelity.jsonl}
 OUT=$(mktemp -d)/patched.gguf
 trap 'rm -rf "$(dirname "$OUT")"' EXIT
