@@ -130,6 +130,7 @@ pub fn patch(
         .architecture()
         .context("the model has no general.architecture")?
         .to_string();
+    capture::node_name(&arch_name, Kind::BlockOut)?;
     let n_layer = src
         .header()
         .arch_u64("block_count")
