@@ -110,7 +110,7 @@ impl Request {
 }
 
 /// A captured matrix: `rows` tokens × `cols` features, row-major.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {
     /// number of rows (tokens)
     pub rows: usize,
@@ -141,12 +141,31 @@ pub struct Capture {
 /// Run `tokens` (one sequence from position 0, cache cleared first) through `ctx` and return
 /// the requested activations, one row per token.
 pub fn run(ctx: &mut Context, tokens: &[i32], req: &Request) -> Result<Capture> {
+    run_input(ctx, Input::Tokens(tokens), req)
+}
+
+/// Like [`run`], with input embeddings (`rows × n_embd`, row-major) fed to the first layer in
+/// place of token embeddings: how a single layer cut out of a model runs on the residual
+/// stream captured from the full one.
+pub fn run_embeddings(ctx: &mut Context, rows: &Matrix, req: &Request) -> Result<Capture> {
+    run_input(ctx, Input::Embeddings(rows), req)
+}
+
+enum Input<'a> {
+    Tokens(&'a [i32]),
+    Embeddings(&'a Matrix),
+}
+
+fn run_input(ctx: &mut Context, input: Input, req: &Request) -> Result<Capture> {
     let arch = ctx.model().info().arch.clone();
     let n_head = ctx.model().info().n_head;
-    if tokens.len() > ctx.n_batch() as usize {
+    let n_tokens = match input {
+        Input::Tokens(t) => t.len(),
+        Input::Embeddings(m) => m.rows,
+    };
+    if n_tokens > ctx.n_batch() as usize {
         bail!(
-            "a conversation of {} tokens exceeds the capture batch of {}",
-            tokens.len(),
+            "a conversation of {n_tokens} tokens exceeds the capture batch of {}",
             ctx.n_batch()
         );
     }
@@ -166,12 +185,32 @@ pub fn run(ctx: &mut Context, tokens: &[i32], req: &Request) -> Result<Capture> 
         Some(last) if req.stop_early && !req.logits => ctx.set_capture_until(names, last),
         _ => ctx.set_capture(names),
     }
-    let mut batch = Batch::new(tokens.len());
     // Logits for every token keep every row of the last layer (llama.cpp drops non-output rows).
     let all_rows = req.logits || last.is_some_and(|l| l + 1 == ctx.model().info().n_layer);
-    for (i, &t) in tokens.iter().enumerate() {
-        batch.push(t, i as i32, 0, all_rows || i + 1 == tokens.len());
-    }
+    let out_row = |i: usize| all_rows || i + 1 == n_tokens;
+    let batch = match input {
+        Input::Tokens(tokens) => {
+            let mut batch = Batch::new(n_tokens);
+            for (i, &t) in tokens.iter().enumerate() {
+                batch.push(t, i as i32, 0, out_row(i));
+            }
+            batch
+        }
+        Input::Embeddings(m) => {
+            let n_embd = ctx.model().info().n_embd;
+            if m.cols != n_embd {
+                bail!(
+                    "input embeddings have {} values per row, the model {n_embd}",
+                    m.cols
+                );
+            }
+            let mut batch = Batch::embeddings(n_tokens, n_embd);
+            for i in 0..n_tokens {
+                batch.push_embedding(m.row(i), i as i32, 0, out_row(i));
+            }
+            batch
+        }
+    };
     ctx.decode(&batch)?;
     let mut got = ctx.take_captured()?;
     let mut out = Capture {
@@ -183,16 +222,16 @@ pub fn run(ctx: &mut Context, tokens: &[i32], req: &Request) -> Result<Capture> 
             .remove(&full)
             .with_context(|| format!("llama.cpp did not compute node {full}"))?;
         out.tensors
-            .insert((kind, layer), to_matrix(kind, c, tokens.len())?);
+            .insert((kind, layer), to_matrix(kind, c, n_tokens)?);
     }
     if req.logits {
         let n_vocab = ctx.model().info().n_vocab;
-        let mut data = Vec::with_capacity(tokens.len() * n_vocab);
-        for i in 0..tokens.len() {
+        let mut data = Vec::with_capacity(n_tokens * n_vocab);
+        for i in 0..n_tokens {
             data.extend_from_slice(ctx.logits(i)?);
         }
         out.logits = Some(Matrix {
-            rows: tokens.len(),
+            rows: n_tokens,
             cols: n_vocab,
             data,
         });

@@ -270,3 +270,48 @@ fn early_stop_capture_matches_full_capture() {
         );
     }
 }
+
+/// A layer cut out into a file of its own (`patch::slice`) and fed, as input embeddings, the
+/// residual stream entering it in the full model reproduces the full model's activations of
+/// that layer: a sliding-window and a global layer of Gemma-3, two layers of SmolLM2.
+#[test]
+fn a_layer_run_alone_reproduces_the_full_model() {
+    for (path, layers) in [(util::smollm2(), [1, 17]), (util::gemma3(), [3, 5])] {
+        let model = Model::load(&path).unwrap();
+        let file = GgufFile::open(&path).unwrap();
+        let tokens = conversation(&model);
+        let opts = ContextOptions {
+            capture: true,
+            ..Default::default()
+        };
+        let kinds = [Kind::MlpHidden, Kind::MlpOut, Kind::BlockOut];
+        let dir = tempfile::tempdir().unwrap();
+        for l in layers {
+            let mut req = Request::new(&kinds, [l]);
+            req.items.push((Kind::BlockOut, l - 1));
+            let full = {
+                let mut ctx = Context::new(&model, &opts).unwrap();
+                capture::run(&mut ctx, &tokens, &req).unwrap()
+            };
+            let out = dir.path().join(format!("layer{l}.gguf"));
+            gguf_sleep::patch::slice::write_layer(&file, l, &gguf::Edits::new(), &out).unwrap();
+            let single = Model::load(&out).unwrap();
+            assert_eq!(single.info().n_layer, 2);
+            let mut ctx = Context::new(&single, &opts).unwrap();
+            let mut req0 = Request::new(&kinds, [0]);
+            req0.stop_early = true;
+            let stream = &full.tensors[&(Kind::BlockOut, l - 1)];
+            let alone = capture::run_embeddings(&mut ctx, stream, &req0).unwrap();
+            for k in kinds {
+                let (a, b) = (&alone.tensors[&(k, 0)], &full.tensors[&(k, l)]);
+                assert_eq!((a.rows, a.cols), (b.rows, b.cols));
+                let e = rel_err(&a.data, &b.data);
+                assert!(
+                    e < 1e-4,
+                    "{} layer {l} {k:?}: relative error {e}",
+                    path.display()
+                );
+            }
+        }
+    }
+}

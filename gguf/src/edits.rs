@@ -50,6 +50,7 @@ pub enum MetadataEdit {
 pub struct Edits {
     replacements: Vec<Replacement>,
     additions: Vec<NewTensor>,
+    removals: Vec<String>,
     metadata: Vec<MetadataEdit>,
 }
 
@@ -80,6 +81,13 @@ impl Edits {
         self
     }
 
+    /// Removes tensor `name` (which must exist and not be replaced). Tensors added after it
+    /// are placed where it was.
+    pub fn remove_tensor(&mut self, name: impl Into<String>) -> &mut Self {
+        self.removals.push(name.into());
+        self
+    }
+
     /// Sets metadata `key` to `value`.
     pub fn set_metadata(&mut self, key: impl Into<String>, value: impl Into<Value>) -> &mut Self {
         self.metadata
@@ -93,9 +101,21 @@ impl Edits {
         self
     }
 
+    /// Appends every edit of `other` (in its order) to these.
+    pub fn extend(&mut self, other: Edits) -> &mut Self {
+        self.replacements.extend(other.replacements);
+        self.additions.extend(other.additions);
+        self.removals.extend(other.removals);
+        self.metadata.extend(other.metadata);
+        self
+    }
+
     /// Whether there is nothing to change.
     pub fn is_empty(&self) -> bool {
-        self.replacements.is_empty() && self.additions.is_empty() && self.metadata.is_empty()
+        self.replacements.is_empty()
+            && self.additions.is_empty()
+            && self.removals.is_empty()
+            && self.metadata.is_empty()
     }
 
     /// Replacements in the order recorded.
@@ -106,6 +126,11 @@ impl Edits {
     /// Additions in the order recorded.
     pub fn additions(&self) -> &[NewTensor] {
         &self.additions
+    }
+
+    /// Removed tensors in the order recorded.
+    pub fn removals(&self) -> &[String] {
+        &self.removals
     }
 
     /// Metadata edits in the order recorded.
@@ -147,7 +172,22 @@ impl Edits {
             check_len(&info, r.data.len())?;
         }
 
-        let mut names: HashSet<&str> = src.tensors.iter().map(|t| t.name.as_str()).collect();
+        let mut removed: HashSet<&str> = HashSet::new();
+        for name in &self.removals {
+            if src.tensor(name).is_none() {
+                return Err(Error::NoSuchTensor { name: name.clone() });
+            }
+            if replaced.contains_key(name.as_str()) || !removed.insert(name) {
+                return Err(Error::TensorExists { name: name.clone() });
+            }
+        }
+
+        let mut names: HashSet<&str> = src
+            .tensors
+            .iter()
+            .map(|t| t.name.as_str())
+            .filter(|n| !removed.contains(n))
+            .collect();
         let mut anchored: HashMap<&str, Vec<usize>> = HashMap::new();
         let mut at_end = Vec::new();
         for (i, a) in self.additions.iter().enumerate() {
@@ -164,7 +204,7 @@ impl Edits {
             }
         }
         for anchor in anchored.keys() {
-            if !names.contains(anchor) {
+            if !names.contains(anchor) && !removed.contains(anchor) {
                 return Err(Error::NoSuchTensor {
                     name: (*anchor).to_owned(),
                 });
@@ -210,6 +250,7 @@ impl Edits {
         let mut sources = Vec::with_capacity(order.len());
         for entry in order {
             match entry {
+                Entry::Source(i) if removed.contains(src.tensors[i].name.as_str()) => {}
                 Entry::Source(i) => {
                     let t = &src.tensors[i];
                     match replaced.get(t.name.as_str()) {

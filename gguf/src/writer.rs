@@ -27,6 +27,9 @@ pub struct WriteOptions {
     /// Allow the output to replace the input model (same path, symlink or hard link).
     /// Off by default: the input is never modified unless asked for.
     pub allow_overwrite_input: bool,
+    /// A scratch file nobody keeps across a crash: skip the fsyncs (the output is still
+    /// re-opened, checked and renamed into place).
+    pub scratch: bool,
 }
 
 /// What [`write()`] produced.
@@ -134,7 +137,13 @@ pub fn write(
     }
     // Flush to disk and, meanwhile, re-open and check what was written (from the page cache).
     let (synced, verified) = std::thread::scope(|s| {
-        let sync = s.spawn(|| tmp.file.sync_all());
+        let sync = s.spawn(|| {
+            if opts.scratch {
+                Ok(())
+            } else {
+                tmp.file.sync_all()
+            }
+        });
         let verified = verify(&tmp.path, &header_bytes, &header, report.bytes);
         (sync.join(), verified)
     });
@@ -144,7 +153,7 @@ pub fn write(
         path: out.to_path_buf(),
         detail: Box::new(detail),
     })?;
-    tmp.persist(out)?;
+    tmp.persist(out, !opts.scratch)?;
     Ok(report)
 }
 
@@ -329,10 +338,13 @@ impl TempFile {
         Err(Error::io("create a file in", dir, e))
     }
 
-    /// Renames the file to `out` and fsyncs the directory.
-    fn persist(mut self, out: &Path) -> Result<()> {
+    /// Renames the file to `out` and (`sync`) fsyncs the directory.
+    fn persist(mut self, out: &Path, sync: bool) -> Result<()> {
         fs::rename(&self.path, out).map_err(|e| Error::io("rename the output to", out, e))?;
         self.keep = true;
+        if !sync {
+            return Ok(());
+        }
         let dir = parent_dir(out);
         #[cfg(unix)]
         File::open(&dir)

@@ -319,6 +319,7 @@ fn never_overwrites_the_input_unless_asked() {
 
     let allow = WriteOptions {
         allow_overwrite_input: true,
+        ..Default::default()
     };
     write(&src, &edits, &input, &allow).unwrap();
     drop(src);
@@ -415,4 +416,68 @@ fn half_bits(v: f32) -> u16 {
     let exp = ((b >> 23) & 0xff) as i32 - 127 + 15;
     let mant = ((b >> 13) & 0x3ff) as u16;
     sign | ((exp as u16) << 10) | mant
+}
+
+/// Removing a tensor drops it from the directory and the data; the others keep their bytes,
+/// an addition anchored on it takes its place; removing a missing, replaced or already removed
+/// tensor is refused.
+#[test]
+fn remove_tensor_and_put_another_in_its_place() {
+    let (dir, input) = setup();
+    let src = GgufFile::open(&input).unwrap();
+    let out = dir.path().join("out.gguf");
+    let mut edits = Edits::new();
+    edits
+        .remove_tensor("blk.0.attn_norm.weight")
+        .add_tensor(new_f32(
+            "blk.1.attn_norm.weight",
+            &[1.0, 2.0, 3.0],
+            Some("blk.0.attn_norm.weight"),
+        ));
+    write(&src, &edits, &out, &WriteOptions::default()).unwrap();
+    let got = GgufFile::open(&out).unwrap();
+    let names: Vec<&str> = got
+        .header()
+        .tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "blk.0.attn_v.weight",
+            "blk.1.attn_norm.weight",
+            "output.weight"
+        ]
+    );
+    for kept in ["blk.0.attn_v.weight", "output.weight"] {
+        assert_eq!(got.tensor_bytes(kept), src.tensor_bytes(kept));
+    }
+    assert_eq!(
+        got.tensor_bytes("blk.1.attn_norm.weight").unwrap(),
+        f32_bytes(&[1.0, 2.0, 3.0])
+    );
+
+    let missing = Edits::new().remove_tensor("nope").clone();
+    assert!(matches!(
+        missing.apply(src.header()),
+        Err(Error::NoSuchTensor { .. })
+    ));
+    let twice = Edits::new()
+        .remove_tensor("output.weight")
+        .remove_tensor("output.weight")
+        .clone();
+    assert!(matches!(
+        twice.apply(src.header()),
+        Err(Error::TensorExists { .. })
+    ));
+    let bytes = src.tensor_bytes("output.weight").unwrap().to_vec();
+    let replaced = Edits::new()
+        .replace_tensor("output.weight", GgmlType::Q8_0, bytes)
+        .remove_tensor("output.weight")
+        .clone();
+    assert!(matches!(
+        replaced.apply(src.header()),
+        Err(Error::TensorExists { .. })
+    ));
 }

@@ -172,25 +172,8 @@ pub fn to_gguf_edits(
             Delta::Matrix {
                 tensor, importance, ..
             } => {
-                let info = src
-                    .header()
-                    .tensor(tensor)
-                    .with_context(|| format!("the model has no tensor {tensor}"))?;
-                let orig = dequantize(info.ggml_type, src.tensor_data(info), info.n_elements())?;
-                if orig.len() != scaled.len() {
-                    bail!(
-                        "{tensor} has {} values, the edit {}",
-                        orig.len(),
-                        scaled.len()
-                    );
-                }
-                let ty = edit_type.resolve(info.ggml_type);
-                let new: Vec<f32> = orig.iter().zip(&scaled).map(|(a, b)| a + b).collect();
-                let imatrix = importance.as_deref().filter(|_| ty.is_quantized());
-                let data = quantize(ty, &new, info.ne0(), imatrix)
-                    .with_context(|| format!("requantizing {tensor} to {}", ty.name()))?;
-                let stored = dequantize(ty, &data, info.n_elements())?;
-                let change: Vec<f32> = stored.iter().zip(&orig).map(|(a, b)| a - b).collect();
+                let r = requantize(src, tensor, &scaled, importance.as_deref(), edit_type)?;
+                let (ty, data, orig, change) = (r.ggml_type, r.data, r.orig, r.change);
                 let cn = norm(&change);
                 let dot: f64 = change
                     .iter()
@@ -210,6 +193,54 @@ pub fn to_gguf_edits(
         }
     }
     Ok((edits, reports))
+}
+
+/// A weight matrix with a delta added, stored.
+pub struct Requantized {
+    /// the stored type
+    pub ggml_type: GgmlType,
+    /// the stored bytes
+    pub data: Vec<u8>,
+    /// the original weights, dequantized
+    pub orig: Vec<f32>,
+    /// what the stored weights differ from the original by: `Q(W+Δ) − W`, dequantized
+    pub change: Vec<f32>,
+}
+
+/// Add `delta` to weight `tensor` of `src` and store it as `edit_type` says (requantized with
+/// importance weights where the type uses them).
+pub fn requantize(
+    src: &GgufFile,
+    tensor: &str,
+    delta: &[f32],
+    importance: Option<&[f32]>,
+    edit_type: EditType,
+) -> Result<Requantized> {
+    let info = src
+        .header()
+        .tensor(tensor)
+        .with_context(|| format!("the model has no tensor {tensor}"))?;
+    let orig = dequantize(info.ggml_type, src.tensor_data(info), info.n_elements())?;
+    if orig.len() != delta.len() {
+        bail!(
+            "{tensor} has {} values, the edit {}",
+            orig.len(),
+            delta.len()
+        );
+    }
+    let ty = edit_type.resolve(info.ggml_type);
+    let new: Vec<f32> = orig.iter().zip(delta).map(|(a, b)| a + b).collect();
+    let imatrix = importance.filter(|_| ty.is_quantized());
+    let data = quantize(ty, &new, info.ne0(), imatrix)
+        .with_context(|| format!("requantizing {tensor} to {}", ty.name()))?;
+    let stored = dequantize(ty, &data, info.n_elements())?;
+    let change = stored.iter().zip(&orig).map(|(a, b)| a - b).collect();
+    Ok(Requantized {
+        ggml_type: ty,
+        data,
+        orig,
+        change,
+    })
 }
 
 fn norm(v: &[f32]) -> f64 {

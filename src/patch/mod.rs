@@ -9,7 +9,10 @@
 pub mod edit;
 pub mod method;
 pub mod ridge;
+mod sequential;
 pub mod sleep;
+pub mod slice;
+mod spill;
 mod weights;
 
 use anyhow::{bail, Context as _, Result};
@@ -98,6 +101,13 @@ pub struct PatchReport {
     pub prefill_s: Option<f64>,
 }
 
+/// What a fit produced: deltas still to be scaled and stored, or the stored edits already
+/// (sequential `down` stores each layer as it goes, so the deltas never pile up in memory).
+enum Fitted {
+    Deltas(Vec<Delta>),
+    Stored(gguf::Edits, Vec<TensorReport>),
+}
+
 /// Progress callback: (phase, done, total).
 pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
 
@@ -182,13 +192,13 @@ pub fn patch(
         None
     };
 
-    let (deltas, layer_reports) = if opts.method == Method::Sleep {
+    let (fitted, layer_reports) = if opts.method == Method::Sleep {
         let t = Instant::now();
-        let r = fit_sleep(&model, &arch, &copts, &pairs, &layers, opts, progress)?;
+        let (d, r) = fit_sleep(&model, &arch, &copts, &pairs, &layers, opts, progress)?;
         phases.push(("capture+fit".to_string(), t.elapsed().as_secs_f64()));
-        r
+        (Fitted::Deltas(d), r)
     } else if !opts.sequential {
-        fit_parallel(
+        let (d, r) = fit_parallel(
             &model,
             &copts,
             &arch,
@@ -198,14 +208,15 @@ pub fn patch(
             &weights,
             &mut phases,
             progress,
-        )?
+        )?;
+        (Fitted::Deltas(d), r)
     } else {
         drop(model);
         let work_dir = output
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        fit_sequential(
+        sequential::fit(
             &src,
             input,
             work_dir,
@@ -221,7 +232,10 @@ pub fn patch(
     };
 
     let t = Instant::now();
-    let (mut edits, tensors) = edit::to_gguf_edits(&src, &deltas, opts.strength, opts.edit_type)?;
+    let (mut edits, tensors) = match fitted {
+        Fitted::Deltas(d) => edit::to_gguf_edits(&src, &d, opts.strength, opts.edit_type)?,
+        Fitted::Stored(e, r) => (e, r),
+    };
     provenance(&mut edits, system, opts, (l0, l1));
     phases.push(("requantize".to_string(), t.elapsed().as_secs_f64()));
     let t = Instant::now();
@@ -232,6 +246,7 @@ pub fn patch(
         output,
         &gguf::WriteOptions {
             allow_overwrite_input: opts.in_place,
+            ..Default::default()
         },
     )?;
     progress("write", 1, 1);
@@ -503,100 +518,6 @@ fn solve_layer(
             alpha: None,
         },
     ))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn fit_sequential(
-    src: &gguf::GgufFile,
-    input: &Path,
-    work_dir: &Path,
-    copts: &ContextOptions,
-    arch: &Arch,
-    pairs: &[Pair],
-    layers: &[usize],
-    opts: &PatchOptions,
-    weights: &dyn method::Weights,
-    phases: &mut Vec<(String, f64)>,
-    progress: Progress,
-) -> Result<(Vec<Delta>, Vec<LayerReport>)> {
-    // The prompted run never changes: capture its targets for every layer once.
-    let t = Instant::now();
-    let (pk, uk) = method::kinds(opts.method, arch);
-    let model = Model::load(input)?;
-    let preq = Request::new(&pk, layers.iter().copied());
-    let mut prompted = Vec::with_capacity(pairs.len());
-    {
-        let mut ctx = Context::new(&model, copts)?;
-        for (i, p) in pairs.iter().enumerate() {
-            prompted.push(slice_rows(
-                capture::run(&mut ctx, &p.prompted, &preq)?,
-                p.align.prompted_start,
-                p.align.len,
-            ));
-            progress("prompted", i + 1, pairs.len());
-        }
-    }
-    phases.push(("capture prompted".to_string(), t.elapsed().as_secs_f64()));
-
-    let work = tempfile::Builder::new()
-        .prefix(".gguf-sleep-seq-")
-        .tempdir_in(work_dir)
-        .with_context(|| {
-            format!(
-                "cannot create a working directory in {}",
-                work_dir.display()
-            )
-        })?;
-    let work_file = work.path().join("work.gguf");
-    let (mut t_capture, mut t_solve, mut t_reload) = (0.0, 0.0, 0.0);
-    let mut current = model;
-    let mut deltas: Vec<Delta> = Vec::new();
-    let mut reports = Vec::new();
-    for (n, &l) in layers.iter().enumerate() {
-        let t = Instant::now();
-        let mut ureq = Request::new(&uk, [l]);
-        ureq.stop_early = true;
-        let mut prob = method::problem(opts.method, arch);
-        {
-            let mut ctx = Context::new(&current, copts)?;
-            for (i, p) in pairs.iter().enumerate() {
-                let ur = slice_rows(
-                    capture::run(&mut ctx, &p.unprompted, &ureq)?,
-                    p.align.unprompted_start,
-                    p.align.len,
-                );
-                method::add_rows(
-                    opts.method,
-                    arch,
-                    l,
-                    &prompted[i],
-                    &ur,
-                    false,
-                    &mut prob,
-                    is_validation(i),
-                )?;
-            }
-        }
-        t_capture += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let (d, r) = solve_layer(opts, l, &mut prob, weights)?;
-        deltas.extend(d);
-        reports.push(r);
-        t_solve += t.elapsed().as_secs_f64();
-        progress("layers", n + 1, layers.len());
-        if n + 1 < layers.len() {
-            let t = Instant::now();
-            drop(current);
-            let (edits, _) = edit::to_gguf_edits(src, &deltas, 1.0, opts.edit_type)?;
-            gguf::write(src, &edits, &work_file, &gguf::WriteOptions::default())?;
-            current = Model::load(&work_file)?;
-            t_reload += t.elapsed().as_secs_f64();
-        }
-    }
-    phases.push(("capture unprompted".to_string(), t_capture));
-    phases.push(("solve".to_string(), t_solve));
-    phases.push(("requantize+reload".to_string(), t_reload));
-    Ok((deltas, reports))
 }
 
 /// `sleep.*` provenance keys.

@@ -1,0 +1,309 @@
+//! Sequential fitting (Algorithm 1 of the thought-matrix paper): layer l is fitted on the
+//! unprompted activations recomputed with layers < l already patched, with the whole remaining
+//! difference to the prompted run as its target.
+//!
+//! The prompted run never changes: it is captured once for every layer and spilled to disk.
+//! The unprompted run is recomputed per layer in one of two ways:
+//!
+//! - `down` (the edit stays inside layer l's MLP): the residual stream entering layer l is
+//!   kept for every calibration token. Layer l, cut out into a file of its own
+//!   ([`super::slice`]), runs on it once unpatched (the features and the current output for
+//!   the fit) and once patched (the stream entering layer l+1). Two layer passes per layer.
+//! - `vector`, `matrix`: the partly patched model is written and reloaded after each layer and
+//!   the calibration set re-run up to the next layer (early-stopped): about `L²/2` layer passes.
+
+use anyhow::{Context as _, Result};
+use std::path::Path;
+use std::time::Instant;
+
+use super::{edit, method, slice, slice_rows, solve_layer, spill::Spill};
+use super::{
+    is_validation, Arch, Delta, Fitted, LayerReport, Method, PatchOptions, Progress, Rows,
+};
+use crate::capture::{self, Kind, Matrix, Request};
+use crate::engine::{Context, ContextOptions, Model};
+use crate::material::Pair;
+
+/// Fit `layers` in order; returns every layer's deltas and reports.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fit(
+    src: &gguf::GgufFile,
+    input: &Path,
+    work_dir: &Path,
+    copts: &ContextOptions,
+    arch: &Arch,
+    pairs: &[Pair],
+    layers: &[usize],
+    opts: &PatchOptions,
+    weights: &dyn method::Weights,
+    phases: &mut Vec<(String, f64)>,
+    progress: Progress,
+) -> Result<(Fitted, Vec<LayerReport>)> {
+    let work = tempfile::Builder::new()
+        .prefix(".gguf-sleep-seq-")
+        .tempdir_in(work_dir)
+        .with_context(|| {
+            format!(
+                "cannot create a working directory in {}",
+                work_dir.display()
+            )
+        })?;
+    let t = Instant::now();
+    let (pk, _) = method::kinds(opts.method, arch);
+    let prompted = capture_prompted(input, copts, pairs, layers, &pk, work.path(), progress)?;
+    phases.push(("capture prompted".to_string(), t.elapsed().as_secs_f64()));
+    let run = Run {
+        src,
+        input,
+        work: work.path(),
+        copts,
+        arch,
+        pairs,
+        opts,
+        weights,
+        prompted: &prompted,
+    };
+    if opts.method == Method::Down {
+        run.by_layer(layers, phases, progress)
+    } else {
+        let (d, r) = run.by_reload(layers, phases, progress)?;
+        Ok((Fitted::Deltas(d), r))
+    }
+}
+
+/// The prompted run's rows of `kinds` at every layer, aligned, spilled into `work`.
+fn capture_prompted(
+    input: &Path,
+    copts: &ContextOptions,
+    pairs: &[Pair],
+    layers: &[usize],
+    kinds: &[Kind],
+    work: &Path,
+    progress: Progress,
+) -> Result<Spill> {
+    let model = Model::load(input)?;
+    let req = Request::new(kinds, layers.iter().copied());
+    let dir = work.join("prompted");
+    std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut spill = Spill::new(&dir);
+    let mut ctx = Context::new(&model, copts)?;
+    for (i, p) in pairs.iter().enumerate() {
+        spill.push(&slice_rows(
+            capture::run(&mut ctx, &p.prompted, &req)?,
+            p.align.prompted_start,
+            p.align.len,
+        ))?;
+        progress("prompted", i + 1, pairs.len());
+    }
+    spill.finish()?;
+    Ok(spill)
+}
+
+/// What every layer's fit shares.
+struct Run<'a> {
+    src: &'a gguf::GgufFile,
+    input: &'a Path,
+    work: &'a Path,
+    copts: &'a ContextOptions,
+    arch: &'a Arch,
+    pairs: &'a [Pair],
+    opts: &'a PatchOptions,
+    weights: &'a dyn method::Weights,
+    prompted: &'a Spill,
+}
+
+impl Run<'_> {
+    /// Add conversation `i`'s unprompted rows `u` (all tokens) of layer `l` to `prob`.
+    fn add(
+        &self,
+        prob: &mut super::ridge::Ridge,
+        targets: &[Rows],
+        i: usize,
+        l: usize,
+        u: Rows,
+    ) -> Result<()> {
+        let p = &self.pairs[i];
+        let u = slice_rows_of(u, p.align.unprompted_start, p.align.len);
+        method::add_rows(
+            self.opts.method,
+            self.arch,
+            l,
+            &targets[i],
+            &u,
+            false,
+            prob,
+            is_validation(i),
+        )
+    }
+
+    /// `down`: each layer run alone on the kept residual stream.
+    fn by_layer(
+        &self,
+        layers: &[usize],
+        phases: &mut Vec<(String, f64)>,
+        progress: Progress,
+    ) -> Result<(Fitted, Vec<LayerReport>)> {
+        let (_, uk) = method::kinds(self.opts.method, self.arch);
+        let layer_file = self.work.join("layer.gguf");
+        // The residual stream entering the layer being fitted, per conversation, every token.
+        let mut stream: Vec<Matrix> = Vec::new();
+        let (mut t_capture, mut t_solve, mut t_update) = (0.0, 0.0, 0.0);
+        let (mut stored, mut stored_reports) = (gguf::Edits::new(), Vec::new());
+        let mut reports = Vec::new();
+        for (n, &l) in layers.iter().enumerate() {
+            let t = Instant::now();
+            let targets = self.prompted.layer(l)?;
+            let mut prob = method::problem(self.opts.method, self.arch);
+            {
+                // The first layer runs in the full model from the tokens; later ones alone.
+                let (model, local) = if n == 0 {
+                    (Model::load(self.input)?, l)
+                } else {
+                    slice::write_layer(self.src, l, &gguf::Edits::new(), &layer_file)?;
+                    (Model::load(&layer_file)?, 0)
+                };
+                let mut req = Request::new(&uk, [local]);
+                req.stop_early = true;
+                let mut ctx = Context::new(&model, self.copts)?;
+                for (i, p) in self.pairs.iter().enumerate() {
+                    let c = if n == 0 {
+                        capture::run(&mut ctx, &p.unprompted, &req)?
+                    } else {
+                        capture::run_embeddings(&mut ctx, &stream[i], &req)?
+                    };
+                    let rows: Rows = c
+                        .tensors
+                        .into_iter()
+                        .map(|((k, _), m)| ((k, l), m))
+                        .collect();
+                    self.add(&mut prob, &targets, i, l, rows)?;
+                }
+            }
+            t_capture += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let (d, r) = solve_layer(self.opts, l, &mut prob, self.weights)?;
+            reports.push(r);
+            t_solve += t.elapsed().as_secs_f64();
+            // The output's edits of this layer, at the asked strength.
+            let t = Instant::now();
+            let (out, r) =
+                edit::to_gguf_edits(self.src, &d, self.opts.strength, self.opts.edit_type)?;
+            stored_reports.extend(r);
+            if n + 1 < layers.len() {
+                // The stream leaving the patched layer, as stored (requantized), enters l+1.
+                let edits = if self.opts.strength == 1.0 {
+                    out.clone()
+                } else {
+                    edit::to_gguf_edits(self.src, &d, 1.0, self.opts.edit_type)?.0
+                };
+                let next = if n == 0 {
+                    let full = self.work.join("first.gguf");
+                    gguf::write(self.src, &edits, &full, &slice::scratch())?;
+                    let model = Model::load(&full)?;
+                    let out = self.block_outputs(&model, l, None)?;
+                    drop(model);
+                    std::fs::remove_file(&full).ok();
+                    out
+                } else {
+                    slice::write_layer(self.src, l, &edits, &layer_file)?;
+                    let model = Model::load(&layer_file)?;
+                    self.block_outputs(&model, 0, Some(&stream))?
+                };
+                stream = next;
+            }
+            t_update += t.elapsed().as_secs_f64();
+            stored.extend(out);
+            progress("layers", n + 1, layers.len());
+        }
+        phases.push(("capture unprompted".to_string(), t_capture));
+        phases.push(("solve".to_string(), t_solve));
+        phases.push(("requantize+advance".to_string(), t_update));
+        Ok((Fitted::Stored(stored, stored_reports), reports))
+    }
+
+    /// Every conversation's output of layer `layer` of `model` (all tokens), from the tokens
+    /// or from input embeddings.
+    fn block_outputs(
+        &self,
+        model: &Model,
+        layer: usize,
+        input: Option<&[Matrix]>,
+    ) -> Result<Vec<Matrix>> {
+        let mut req = Request::new(&[Kind::BlockOut], [layer]);
+        req.stop_early = true;
+        let mut ctx = Context::new(model, self.copts)?;
+        let mut out = Vec::with_capacity(self.pairs.len());
+        for (i, p) in self.pairs.iter().enumerate() {
+            let mut c = match input {
+                None => capture::run(&mut ctx, &p.unprompted, &req)?,
+                Some(x) => capture::run_embeddings(&mut ctx, &x[i], &req)?,
+            };
+            out.push(
+                c.tensors
+                    .remove(&(Kind::BlockOut, layer))
+                    .context("llama.cpp returned no block output")?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// `vector`, `matrix`: the partly patched model rewritten and reloaded after each layer.
+    fn by_reload(
+        &self,
+        layers: &[usize],
+        phases: &mut Vec<(String, f64)>,
+        progress: Progress,
+    ) -> Result<(Vec<Delta>, Vec<LayerReport>)> {
+        let (_, uk) = method::kinds(self.opts.method, self.arch);
+        let work_file = self.work.join("work.gguf");
+        let (mut t_capture, mut t_solve, mut t_reload) = (0.0, 0.0, 0.0);
+        let mut current = Model::load(self.input)?;
+        let mut deltas: Vec<Delta> = Vec::new();
+        let mut reports = Vec::new();
+        for (n, &l) in layers.iter().enumerate() {
+            let t = Instant::now();
+            let mut req = Request::new(&uk, [l]);
+            req.stop_early = true;
+            let mut prob = method::problem(self.opts.method, self.arch);
+            let targets = self.prompted.layer(l)?;
+            {
+                let mut ctx = Context::new(&current, self.copts)?;
+                for (i, p) in self.pairs.iter().enumerate() {
+                    let c = capture::run(&mut ctx, &p.unprompted, &req)?;
+                    self.add(&mut prob, &targets, i, l, c.tensors.into_iter().collect())?;
+                }
+            }
+            t_capture += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let (d, r) = solve_layer(self.opts, l, &mut prob, self.weights)?;
+            deltas.extend(d);
+            reports.push(r);
+            t_solve += t.elapsed().as_secs_f64();
+            progress("layers", n + 1, layers.len());
+            if n + 1 < layers.len() {
+                let t = Instant::now();
+                drop(current);
+                let (edits, _) = edit::to_gguf_edits(self.src, &deltas, 1.0, self.opts.edit_type)?;
+                gguf::write(self.src, &edits, &work_file, &slice::scratch())?;
+                current = Model::load(&work_file)?;
+                t_reload += t.elapsed().as_secs_f64();
+            }
+        }
+        phases.push(("capture unprompted".to_string(), t_capture));
+        phases.push(("solve".to_string(), t_solve));
+        phases.push(("requantize+reload".to_string(), t_reload));
+        Ok((deltas, reports))
+    }
+}
+
+/// The rows `[start, start+len)` of every matrix in `rows`.
+fn slice_rows_of(rows: Rows, start: usize, len: usize) -> Rows {
+    slice_rows(
+        capture::Capture {
+            tensors: rows,
+            ..Default::default()
+        },
+        start,
+        len,
+    )
+}
