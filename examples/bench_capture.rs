@@ -127,7 +127,9 @@ fn main() -> Result<()> {
         n_seq_max: 1,
         capture,
     };
-    let req = Request::new(&a.kinds, 0..info.n_layer);
+    // Captures need no logits: the forward pass stops before the output head.
+    let mut req = Request::new(&a.kinds, 0..info.n_layer);
+    req.stop_early = true;
 
     println!(
         "model {} ({}, {} layers), threads {}",

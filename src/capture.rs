@@ -89,8 +89,9 @@ pub struct Request {
     pub items: Vec<(Kind, usize)>,
     /// keep the logits of every position as well
     pub logits: bool,
-    /// stop the forward pass after the last requested layer (no logits; cheaper for early
-    /// layers)
+    /// stop the forward pass after the last requested layer, before the output head (no
+    /// logits; cheaper for early layers, and for the last layer it saves the all-token logits
+    /// llama.cpp would otherwise need to keep every row)
     pub stop_early: bool,
 }
 

@@ -230,14 +230,14 @@ fn capture_matches_weights_and_logits_gemma3() {
     check_model(&util::gemma3());
 }
 
-/// Stopping the forward pass after the requested layer leaves that layer's values unchanged,
-/// and a later full decode in the same context still gives the same logits as before.
+/// Stopping the forward pass after the requested layer (a middle one, or the last, where it
+/// stops before the output head) leaves that layer's values unchanged, and a later full decode
+/// in the same context still gives the same logits as before.
 #[test]
 fn early_stop_capture_matches_full_capture() {
     for path in [util::smollm2(), util::gemma3()] {
         let model = Model::load(&path).unwrap();
         let tokens = conversation(&model);
-        let l = 3;
         let kinds = [Kind::MlpHidden, Kind::BlockOut, Kind::MlpIn];
         let mut ctx = Context::new(
             &model,
@@ -247,27 +247,30 @@ fn early_stop_capture_matches_full_capture() {
             },
         )
         .unwrap();
-        let mut full_req = Request::new(&kinds, [l]);
-        full_req.logits = true;
-        let full = capture::run(&mut ctx, &tokens, &full_req).unwrap();
-        let mut req = Request::new(&kinds, [l]);
-        req.stop_early = true;
-        let early = capture::run(&mut ctx, &tokens, &req).unwrap();
-        for k in kinds {
+        for l in [3, model.info().n_layer - 1] {
+            let mut full_req = Request::new(&kinds, [l]);
+            full_req.logits = true;
+            let full = capture::run(&mut ctx, &tokens, &full_req).unwrap();
+            let mut req = Request::new(&kinds, [l]);
+            req.stop_early = true;
+            let early = capture::run(&mut ctx, &tokens, &req).unwrap();
+            for k in kinds {
+                assert_eq!(full.tensors[&(k, l)].rows, tokens.len());
+                assert_eq!(
+                    full.tensors[&(k, l)].data,
+                    early.tensors[&(k, l)].data,
+                    "{}: layer {l} {k:?}",
+                    path.display()
+                );
+            }
+            let again = capture::run(&mut ctx, &tokens, &full_req).unwrap();
             assert_eq!(
-                full.tensors[&(k, l)].data,
-                early.tensors[&(k, l)].data,
-                "{}: {k:?}",
+                full.logits.as_ref().unwrap().data,
+                again.logits.as_ref().unwrap().data,
+                "{}: logits after an early-stopped decode",
                 path.display()
             );
         }
-        let again = capture::run(&mut ctx, &tokens, &full_req).unwrap();
-        assert_eq!(
-            full.logits.as_ref().unwrap().data,
-            again.logits.as_ref().unwrap().data,
-            "{}: logits after an early-stopped decode",
-            path.display()
-        );
     }
 }
 

@@ -242,9 +242,11 @@ fn bad_input_is_a_one_line_error() {
     assert!(!out.exists(), "a failed patch left an output file");
 }
 
-/// The written edit does what the fit says: after patching one layer (`down`, f32 storage, so no
-/// requantization noise), that layer's output in the unprompted run of a calibration exchange
-/// moves toward the prompted run's.
+/// The written edits do what the fit says: after sequentially patching three layers (`down`, f32
+/// storage, so no requantization noise), the last one's output in the unprompted run of a
+/// calibration exchange, computed by llama.cpp from the tokens through the whole patched file,
+/// moves toward the prompted run's. (Each layer is fitted on a residual stream the fit keeps and
+/// advances itself; a stream that disagreed with the patched file would miss here.)
 #[test]
 fn a_fitted_layer_moves_toward_the_prompted_run() {
     use gguf_sleep::capture::{self, Kind, Request};
@@ -255,7 +257,7 @@ fn a_fitted_layer_moves_toward_the_prompted_run() {
     let m = util::smollm2();
     let out = dir.path().join("one.gguf");
     let l = 12;
-    let layers = format!("{l}..{}", l + 1);
+    let layers = format!("{}..{}", l - 2, l + 1);
     patch(&m, &out, &["--layers", &layers, "--edit-type", "f32"]);
 
     let base = Model::load(&m).unwrap();

@@ -134,8 +134,8 @@ impl<'m> Context<'m> {
     }
 
     /// Like [`Context::set_capture`], and stop computing the graph at the first node of a
-    /// layer after `last_layer`: later layers, the output norm and the logits are skipped
-    /// (the logits of such a decode are meaningless).
+    /// layer after `last_layer`, or at the output head: later layers, the output norm and the
+    /// logits are skipped (the logits of such a decode are meaningless).
     pub fn set_capture_until(&mut self, names: HashSet<String>, last_layer: usize) {
         self.set_capture(names);
         if let Some(st) = self.capture.as_mut() {
@@ -228,10 +228,14 @@ unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, user: *m
     let (t, st) = unsafe { (&*t, &mut *user.cast::<CaptureState>()) };
     let name = node_name(t);
     let wanted = st.wanted.contains(name);
+    // A node of a later layer, or the output head (`result_norm`, `result_output`), which
+    // follows every layer.
     let past = st.until_layer.is_some_and(|last| {
-        name.rsplit_once('-')
-            .and_then(|(_, l)| l.parse::<usize>().ok())
-            .is_some_and(|l| l > last)
+        name.starts_with("result_")
+            || name
+                .rsplit_once('-')
+                .and_then(|(_, l)| l.parse::<usize>().ok())
+                .is_some_and(|l| l > last)
     });
     if ask {
         if past {

@@ -408,8 +408,9 @@ fn fit_sleep(
         .map(|_| sleep::SleepStats::new(head_dim, info.n_head, info.n_head_kv))
         .collect();
     let mut ctx = Context::new(model, copts)?;
-    let preq = Request::new(&[Kind::AttnProbs, Kind::Value], layers.iter().copied());
-    let ureq = Request::new(&[Kind::Value], layers.iter().copied());
+    let mut preq = Request::new(&[Kind::AttnProbs, Kind::Value], layers.iter().copied());
+    let mut ureq = Request::new(&[Kind::Value], layers.iter().copied());
+    (preq.stop_early, ureq.stop_early) = (true, true);
     for (i, p) in pairs.iter().enumerate() {
         let pc = capture::run(&mut ctx, &p.prompted, &preq)?;
         let prows: Rows = pc.tensors;
@@ -463,8 +464,9 @@ fn fit_parallel(
     let t = Instant::now();
     let (pk, uk) = method::kinds(opts.method, arch);
     let cl = capture_layers(layers, true);
-    let preq = Request::new(&pk, cl.iter().copied());
-    let ureq = Request::new(&uk, cl.iter().copied());
+    let mut preq = Request::new(&pk, cl.iter().copied());
+    let mut ureq = Request::new(&uk, cl.iter().copied());
+    (preq.stop_early, ureq.stop_early) = (true, true);
     let mut problems: Vec<ridge::Ridge> = layers
         .iter()
         .map(|_| method::problem(opts.method, arch))

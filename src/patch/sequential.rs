@@ -3,23 +3,18 @@
 //! difference to the prompted run as its target.
 //!
 //! The prompted run never changes: it is captured once for every layer and spilled to disk.
-//! The unprompted run is recomputed per layer in one of two ways:
-//!
-//! - `down` (the edit stays inside layer l's MLP): the residual stream entering layer l is
-//!   kept for every calibration token. Layer l, cut out into a file of its own
-//!   ([`super::slice`]), runs on it once unpatched (the features and the current output for
-//!   the fit) and once patched (the stream entering layer l+1). Two layer passes per layer.
-//! - `vector`, `matrix`: the partly patched model is written and reloaded after each layer and
-//!   the calibration set re-run up to the next layer (early-stopped): about `L²/2` layer passes.
+//! Every method edits only tensors of the layer it fits, so the unprompted run needs no
+//! re-run of the layers before: the residual stream entering layer l is kept for every
+//! calibration token, and layer l, cut out into a file of its own ([`super::slice`]), runs on
+//! it once unpatched (the activations the fit needs) and once patched, as stored (the stream
+//! entering layer l+1). Two one-layer passes per layer instead of `L²/2` layer passes.
 
 use anyhow::{Context as _, Result};
 use std::path::Path;
 use std::time::Instant;
 
 use super::{edit, method, slice, slice_rows, solve_layer, spill::Spill};
-use super::{
-    is_validation, Arch, Delta, Fitted, LayerReport, Method, PatchOptions, Progress, Rows,
-};
+use super::{is_validation, Arch, Fitted, LayerReport, PatchOptions, Progress, Rows};
 use crate::capture::{self, Kind, Matrix, Request};
 use crate::engine::{Context, ContextOptions, Model};
 use crate::material::Pair;
@@ -63,12 +58,7 @@ pub(super) fn fit(
         weights,
         prompted: &prompted,
     };
-    if opts.method == Method::Down {
-        run.by_layer(layers, phases, progress)
-    } else {
-        let (d, r) = run.by_reload(layers, phases, progress)?;
-        Ok((Fitted::Deltas(d), r))
-    }
+    run.by_layer(layers, phases, progress)
 }
 
 /// The prompted run's rows of `kinds` at every layer, aligned, spilled into `work`.
@@ -82,7 +72,8 @@ fn capture_prompted(
     progress: Progress,
 ) -> Result<Spill> {
     let model = Model::load(input)?;
-    let req = Request::new(kinds, layers.iter().copied());
+    let mut req = Request::new(kinds, layers.iter().copied());
+    req.stop_early = true;
     let dir = work.join("prompted");
     std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut spill = Spill::new(&dir);
@@ -136,7 +127,7 @@ impl Run<'_> {
         )
     }
 
-    /// `down`: each layer run alone on the kept residual stream.
+    /// Each layer fitted, then run alone on the kept residual stream.
     fn by_layer(
         &self,
         layers: &[usize],
@@ -245,54 +236,6 @@ impl Run<'_> {
             );
         }
         Ok(out)
-    }
-
-    /// `vector`, `matrix`: the partly patched model rewritten and reloaded after each layer.
-    fn by_reload(
-        &self,
-        layers: &[usize],
-        phases: &mut Vec<(String, f64)>,
-        progress: Progress,
-    ) -> Result<(Vec<Delta>, Vec<LayerReport>)> {
-        let (_, uk) = method::kinds(self.opts.method, self.arch);
-        let work_file = self.work.join("work.gguf");
-        let (mut t_capture, mut t_solve, mut t_reload) = (0.0, 0.0, 0.0);
-        let mut current = Model::load(self.input)?;
-        let mut deltas: Vec<Delta> = Vec::new();
-        let mut reports = Vec::new();
-        for (n, &l) in layers.iter().enumerate() {
-            let t = Instant::now();
-            let mut req = Request::new(&uk, [l]);
-            req.stop_early = true;
-            let mut prob = method::problem(self.opts.method, self.arch);
-            let targets = self.prompted.layer(l)?;
-            {
-                let mut ctx = Context::new(&current, self.copts)?;
-                for (i, p) in self.pairs.iter().enumerate() {
-                    let c = capture::run(&mut ctx, &p.unprompted, &req)?;
-                    self.add(&mut prob, &targets, i, l, c.tensors.into_iter().collect())?;
-                }
-            }
-            t_capture += t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let (d, r) = solve_layer(self.opts, l, &mut prob, self.weights)?;
-            deltas.extend(d);
-            reports.push(r);
-            t_solve += t.elapsed().as_secs_f64();
-            progress("layers", n + 1, layers.len());
-            if n + 1 < layers.len() {
-                let t = Instant::now();
-                drop(current);
-                let (edits, _) = edit::to_gguf_edits(self.src, &deltas, 1.0, self.opts.edit_type)?;
-                gguf::write(self.src, &edits, &work_file, &slice::scratch())?;
-                current = Model::load(&work_file)?;
-                t_reload += t.elapsed().as_secs_f64();
-            }
-        }
-        phases.push(("capture unprompted".to_string(), t_capture));
-        phases.push(("solve".to_string(), t_solve));
-        phases.push(("requantize+reload".to_string(), t_reload));
-        Ok((deltas, reports))
     }
 }
 
