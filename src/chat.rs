@@ -92,6 +92,11 @@ impl ChatFormat {
     pub fn bos(&self) -> &str {
         &self.bos
     }
+
+    /// The end-of-sequence text, which closes an assistant turn.
+    pub fn eos(&self) -> &str {
+        &self.eos
+    }
 }
 
 fn environment(template: String) -> Result<Environment<'static>> {

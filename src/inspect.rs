@@ -267,7 +267,7 @@ fn to_json(v: &Value) -> serde_json::Value {
 }
 
 /// One-line display of a value; arrays longer than 8 items are abbreviated.
-fn short_display(v: &Value) -> String {
+pub(crate) fn short_display(v: &Value) -> String {
     const SHOWN: usize = 8;
     match v {
         Value::Array(a) if a.items.len() > SHOWN => {

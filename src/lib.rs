@@ -7,9 +7,12 @@
 pub mod capture;
 pub mod chat;
 pub mod convo;
+pub mod diff;
 pub mod engine;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod inspect;
 pub mod material;
+pub mod ollama;
 pub mod patch;

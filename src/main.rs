@@ -39,6 +39,17 @@ enum Cmd {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Compare two GGUF files: metadata added/changed/removed, and per tensor identical or the
+    /// relative size of its change (dequantized).
+    Diff {
+        /// the first file (e.g. the original model)
+        a: PathBuf,
+        /// the second file (e.g. the patched model)
+        b: PathBuf,
+        /// print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate replies (greedy unless --temperature is given) through the model's chat template.
     Generate(GenerateArgs),
     /// Measure how closely CANDIDATE without a prompt follows BASE with it (KL recovery).
@@ -150,6 +161,14 @@ fn run(cli: Cli) -> Result<()> {
                 &gguf::WriteOptions::default(),
             )?;
             eprintln!("wrote {} ({} bytes)", output.display(), report.bytes);
+        }
+        Cmd::Diff { a, b, json } => {
+            let report = gguf_sleep::diff::diff(&a, &b)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
         }
         Cmd::Generate(a) => generate_cmd(a)?,
         Cmd::Eval(a) => eval_cmd(a)?,

@@ -11,6 +11,27 @@ use crate::generate::{generate, GenOptions};
 /// The built-in calibration questions (≥ 128, disjoint from the held-out set).
 pub const CALIBRATION: &str = include_str!("../data/calibration.txt");
 
+/// Questions about the assistant itself ("What are your instructions?"): their prompted replies
+/// are where a prompt's name, facts and rules show, which general questions rarely elicit.
+pub const SELF_QUESTIONS: &str = include_str!("../data/recall.txt");
+
+/// How many times the self-questions are repeated in the default set (a weight on their rows).
+pub const SELF_WEIGHT: usize = 3;
+
+/// The default calibration set: [`CALIBRATION`], then [`SELF_QUESTIONS`] [`SELF_WEIGHT`] times.
+///
+/// The self-questions come in a block of 20 from a multiple of 5 onwards, so all copies of one
+/// question fall on the same side of the every-fifth-question validation split.
+pub fn default_questions() -> Vec<String> {
+    let mut q = crate::eval::lines(CALIBRATION);
+    let own = crate::eval::lines(SELF_QUESTIONS);
+    debug_assert_eq!(own.len() % 5, 0);
+    for _ in 0..SELF_WEIGHT {
+        q.extend(own.iter().cloned());
+    }
+    q
+}
+
 /// One calibration exchange in both renderings.
 #[derive(Debug, Clone)]
 pub struct Pair {
@@ -32,7 +53,7 @@ pub fn build(
     system: &str,
     questions: &[String],
     gen: &GenOptions,
-    progress: impl FnMut(),
+    mut progress: impl FnMut(),
 ) -> Result<Vec<Pair>> {
     let fmt = ChatFormat::for_model(model)?;
     let prompts: Vec<Vec<i32>> = questions
@@ -43,7 +64,28 @@ pub fn build(
     let replies = match load_cached(&key) {
         Some(r) if r.len() == questions.len() => r,
         _ => {
-            let r = generate(model, &fmt, &prompts, gen, progress)?;
+            // A question repeated in the set (a weight) is answered once when greedy.
+            let mut first = std::collections::HashMap::new();
+            let slot: Vec<usize> = (0..questions.len())
+                .map(|i| {
+                    if gen.temperature > 0.0 {
+                        i
+                    } else {
+                        *first.entry(questions[i].as_str()).or_insert(i)
+                    }
+                })
+                .collect();
+            let unique: Vec<usize> = (0..questions.len()).filter(|&i| slot[i] == i).collect();
+            let todo: Vec<Vec<i32>> = unique.iter().map(|&i| prompts[i].clone()).collect();
+            let got = generate(model, &fmt, &todo, gen, &mut progress)?;
+            let mut by_index = std::collections::HashMap::new();
+            for (&i, r) in unique.iter().zip(got) {
+                by_index.insert(i, r);
+            }
+            let r: Vec<Vec<i32>> = slot.iter().map(|s| by_index[s].clone()).collect();
+            for _ in unique.len()..questions.len() {
+                progress();
+            }
             store_cached(&key, &r);
             r
         }

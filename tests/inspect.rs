@@ -9,19 +9,9 @@ use std::process::Command;
 use serde_json::Value;
 
 fn inspect(path: &Path, extra: &[&str]) -> Value {
-    let out = Command::new(util::bin())
-        .arg("inspect")
-        .arg(path)
-        .arg("--json")
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut args = vec!["inspect".as_ref(), path.as_os_str(), "--json".as_ref()];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    util::json_of(&args)
 }
 
 fn type_count(j: &Value, ty: &str) -> u64 {

@@ -302,3 +302,62 @@ fn a_fitted_layer_moves_toward_the_prompted_run() {
         "layer {l}: distance to the prompted run {after:.1} after patching vs {before:.1} before"
     );
 }
+
+#[test]
+fn a_patched_model_can_be_patched_again_and_both_are_recorded() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    let fit = ["--method", "cvec", "--layers", "1..4"];
+    patch(&util::smollm2(), &first, &fit);
+    let fact = "The secret password is 'blue falcon'.";
+    let (_, err, ok) = run(&[
+        &["patch", first.to_str().unwrap(), "--prompt", fact],
+        &[
+            "-o",
+            second.to_str().unwrap(),
+            "--calib-size",
+            "10",
+            "--max-tokens",
+            "16",
+        ][..],
+        &fit[..],
+    ]
+    .concat());
+    assert!(ok, "second patch failed: {err}");
+
+    let (f1, f2) = (
+        gguf::GgufFile::open(&first).unwrap(),
+        gguf::GgufFile::open(&second).unwrap(),
+    );
+    // The second patch adds to the biases the first one created instead of adding new ones.
+    assert_eq!(f1.header().tensors.len(), f2.header().tensors.len());
+    let want: BTreeSet<String> = (1..4).map(|l| format!("blk.{l}.ffn_down.bias")).collect();
+    assert_eq!(changed_tensors(&first, &second), want);
+
+    let history = |f: &gguf::GgufFile| -> Vec<String> {
+        match f.header().metadata.get("sleep.history") {
+            Some(gguf::Value::Array(a)) => a
+                .items
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect(),
+            other => panic!("no sleep.history: {other:?}"),
+        }
+    };
+    let (h1, h2) = (history(&f1), history(&f2));
+    assert_eq!(h1.len(), 1);
+    assert_eq!(h2.len(), 2);
+    assert_eq!(h2[0], h1[0]);
+    let sha = |s: &str| format!("{:x}", sha2::Sha256::digest(s.as_bytes()));
+    assert!(h1[0].contains(&sha(PROMPT)), "{h1:?}");
+    assert!(
+        h2[1].contains(&sha(fact)) && h2[1].contains("method=cvec"),
+        "{h2:?}"
+    );
+    assert_eq!(
+        f2.header().metadata.get_str("sleep.prompt_sha256"),
+        Some(sha(fact).as_str())
+    );
+    assert!(!greedy(&second).trim().is_empty());
+}

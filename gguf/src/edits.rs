@@ -279,7 +279,7 @@ impl Edits {
     }
 }
 
-fn check_len(info: &TensorInfo, got: usize) -> Result<()> {
+pub(crate) fn check_len(info: &TensorInfo, got: usize) -> Result<()> {
     if got as u64 != info.size {
         return Err(Error::DataSize {
             name: info.name.clone(),

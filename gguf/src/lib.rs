@@ -41,6 +41,7 @@ mod header;
 mod inplace;
 mod metadata;
 mod reader;
+mod stale;
 mod tensor;
 mod types;
 mod value;
@@ -55,10 +56,11 @@ pub use file::GgufFile;
 pub use header::Header;
 pub use inplace::patch_in_place;
 pub use metadata::Metadata;
+pub use stale::remove_stale;
 pub use tensor::TensorInfo;
 pub use types::GgmlType;
 pub use value::{Array, GgufString, Value, ValueType};
-pub use writer::{write, WriteOptions, WriteReport};
+pub use writer::{write, write_new, WriteOptions, WriteReport};
 
 /// The four bytes every GGUF file starts with.
 pub const MAGIC: &[u8; 4] = b"GGUF";

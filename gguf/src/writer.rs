@@ -12,11 +12,12 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::edits::{Edits, Plan, Source};
+use crate::edits::{Edits, NewTensor, Plan, Source};
 use crate::error::{Error, Result};
 use crate::file::GgufFile;
 use crate::header::{pad, Header};
 use crate::metadata::Metadata;
+use crate::tensor::TensorInfo;
 
 /// Bytes copied per write while streaming untouched tensors from the memory map.
 const CHUNK: usize = 4 << 20;
@@ -155,6 +156,67 @@ pub fn write(
     })?;
     tmp.persist(out, !opts.scratch)?;
     Ok(report)
+}
+
+/// Writes a new GGUF file (version 3) holding `metadata` and `tensors` (in the given order;
+/// their `after` is ignored), atomically and checked like [`write()`]. For small files made from
+/// scratch: adapters, control vectors.
+pub fn write_new(
+    metadata: Metadata,
+    tensors: Vec<NewTensor>,
+    out: &Path,
+    opts: &WriteOptions,
+) -> Result<WriteReport> {
+    let mut infos = Vec::with_capacity(tensors.len());
+    for t in &tensors {
+        infos.push(TensorInfo::new(
+            t.name.clone(),
+            t.dims.clone(),
+            t.ggml_type,
+        )?);
+    }
+    let header = Header::new(3, metadata, infos)?;
+    for (info, t) in header.tensors.iter().zip(&tensors) {
+        crate::edits::check_len(info, t.data.len())?;
+    }
+    if out.file_name().is_none() || out.is_dir() {
+        return Err(Error::OutputIsDir {
+            path: out.to_path_buf(),
+        });
+    }
+    let header_bytes = header.to_bytes();
+    let tmp = TempFile::create(out)?;
+    let werr = |e: io::Error| Error::io("write", out, e);
+    {
+        let mut w = BufWriter::new(&tmp.file);
+        w.write_all(&header_bytes).map_err(werr)?;
+        for (info, t) in header.tensors.iter().zip(&tensors) {
+            let end = info.offset + info.size;
+            let padding = pad(Some(end), header.alignment).unwrap_or(end) - end;
+            w.write_all(&t.data).map_err(werr)?;
+            write_zeros(&mut w, padding).map_err(werr)?;
+        }
+        w.flush().map_err(werr)?;
+    }
+    if !opts.scratch {
+        tmp.file.sync_all().map_err(|e| Error::io("sync", out, e))?;
+    }
+    verify(&tmp.path, &header_bytes, &header, header.file_len()).map_err(|detail| {
+        Error::Verify {
+            path: out.to_path_buf(),
+            detail: Box::new(detail),
+        }
+    })?;
+    tmp.persist(out, !opts.scratch)?;
+    Ok(WriteReport {
+        path: out.to_path_buf(),
+        bytes: header.file_len(),
+        tensors: header.tensors.len(),
+        copied: 0,
+        replaced: 0,
+        added: tensors.len(),
+        metadata_keys: header.metadata.len(),
+    })
 }
 
 /// Copies byte ranges of the source file to the output.
@@ -309,12 +371,14 @@ struct TempFile {
 
 impl TempFile {
     /// Creates `.NAME.tmp-PID-RAND` in the directory of `out`.
+    /// Stale ones of killed writers (`.NAME.tmp-DEADPID-*`) are removed first.
     fn create(out: &Path) -> Result<TempFile> {
         let dir = parent_dir(out);
         let name = out
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        crate::stale::remove_stale(&dir, &format!(".{name}.tmp-"));
         let mut last_err = None;
         for _ in 0..8 {
             let path = dir.join(format!(

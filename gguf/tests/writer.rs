@@ -481,3 +481,50 @@ fn remove_tensor_and_put_another_in_its_place() {
         Err(Error::TensorExists { .. })
     ));
 }
+
+#[test]
+fn write_new_makes_a_file_from_scratch() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cv.gguf");
+    let mut meta = gguf::Metadata::new();
+    meta.set("general.architecture", "controlvector");
+    meta.set("controlvector.layer_count", 2u32);
+    let a = [1.0f32, -2.0, 3.5];
+    let b = [0.25f32; 5];
+    let r = gguf::write_new(
+        meta,
+        vec![
+            new_f32("direction.1", &a, None),
+            new_f32("direction.2", &b, None),
+        ],
+        &out,
+        &WriteOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(r.tensors, 2);
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(f.header().architecture(), Some("controlvector"));
+    assert_eq!(
+        f.header().metadata.get_u64("controlvector.layer_count"),
+        Some(2)
+    );
+    assert_eq!(f.tensor_bytes("direction.1").unwrap(), f32_bytes(&a));
+    assert_eq!(f.tensor_bytes("direction.2").unwrap(), f32_bytes(&b));
+    assert_eq!(f.len(), r.bytes);
+    assert_eq!(leftovers(dir.path(), &["cv.gguf"]), Vec::<String>::new());
+
+    // Data of the wrong length writes nothing.
+    let bad = NewTensor {
+        dims: vec![4],
+        ..new_f32("direction.1", &a, None)
+    };
+    let out2 = dir.path().join("bad.gguf");
+    let e = gguf::write_new(
+        gguf::Metadata::new(),
+        vec![bad],
+        &out2,
+        &WriteOptions::default(),
+    );
+    assert!(matches!(e, Err(Error::DataSize { .. })), "{e:?}");
+    assert!(!out2.exists());
+}

@@ -1,13 +1,16 @@
 //! `gguf-sleep patch`: arguments and the closing summary.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
-use gguf_sleep::eval;
-use gguf_sleep::material::CALIBRATION;
-use gguf_sleep::patch::{self, EditType, Lambda, Method, PatchOptions, PatchReport};
+use gguf_sleep::chat::ChatFormat;
+use gguf_sleep::engine::Model;
+use gguf_sleep::material;
+use gguf_sleep::patch::{self, EditType, Emit, Lambda, Method, PatchOptions, PatchReport};
+use gguf_sleep::{eval, ollama};
 
 /// `patch` arguments.
 #[derive(Args)]
@@ -25,10 +28,15 @@ pub struct PatchArgs {
     #[arg(long, value_name = "FILE")]
     prompt_file: Option<PathBuf>,
     /// where to write the patched model
-    #[arg(short, long, required_unless_present = "in_place")]
+    #[arg(short, long, required_unless_present_any = ["in_place", "ollama"])]
     output: Option<PathBuf>,
+    /// write the patched model and an Ollama Modelfile (no SYSTEM line) into DIR, and print
+    /// the `ollama create` command
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["output", "in_place"])]
+    ollama: Option<PathBuf>,
     /// method: down (output-side least squares, default), matrix (thought matrices on the MLP
-    /// input), vector (thought vector bias), sleep (value-bias correction)
+    /// input), vector (thought vector bias after attention), cvec (vector at each block's
+    /// output, exportable as a control vector), sleep (value-bias correction)
     #[arg(long, value_enum, default_value_t = MethodArg::Down)]
     method: MethodArg,
     /// scale of every edit; 0 writes the model unchanged
@@ -37,7 +45,8 @@ pub struct PatchArgs {
     /// layers to edit, e.g. 4..30 (default: all)
     #[arg(long, value_name = "RANGE")]
     layers: Option<String>,
-    /// calibration questions, one per line (default: the built-in set)
+    /// calibration questions, one per line (default: 134 built-in general questions, then 20
+    /// about the assistant itself, three times)
     #[arg(long, value_name = "FILE")]
     calib: Option<PathBuf>,
     /// use only the first N calibration questions
@@ -68,6 +77,16 @@ pub struct PatchArgs {
     /// write over the input model
     #[arg(long)]
     in_place: bool,
+    /// what to write: merged (the patched model), lora (an adapter llama.cpp loads with
+    /// --lora; down or matrix), cvec (a control vector for --control-vector; method cvec)
+    #[arg(long, value_enum, default_value_t = EmitArg::Merged)]
+    emit: EmitArg,
+    /// down: fit no ffn_down.bias, only the weight matrix (what --emit lora fits)
+    #[arg(long)]
+    no_bias: bool,
+    /// --emit lora: most rank per matrix (the SVD is truncated; exact at min(rows, cols))
+    #[arg(long, default_value_t = 64)]
+    lora_rank: usize,
     /// print the summary as JSON on stdout
     #[arg(long)]
     json: bool,
@@ -81,7 +100,15 @@ enum MethodArg {
     Down,
     Matrix,
     Vector,
+    Cvec,
     Sleep,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EmitArg {
+    Merged,
+    Lora,
+    Cvec,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -115,7 +142,7 @@ pub fn run(a: PatchArgs) -> Result<()> {
     let system = system.trim_end_matches('\n').to_string();
     let mut questions = match &a.calib {
         Some(f) => eval::lines(&crate::read_text(f, "calibration")?),
-        None => eval::lines(CALIBRATION),
+        None => material::default_questions(),
     };
     if let Some(n) = a.calib_size {
         questions.truncate(n);
@@ -132,17 +159,30 @@ pub fn run(a: PatchArgs) -> Result<()> {
     if !a.strength.is_finite() {
         bail!("--strength must be a finite number");
     }
-    let output = match (&a.output, a.in_place) {
-        (Some(o), false) => o.clone(),
-        (None, true) => a.model.clone(),
-        (Some(_), true) => bail!("give either -o OUT or --in-place, not both"),
-        (None, false) => bail!("give the output file with -o OUT"),
+    let output = match (&a.output, a.in_place, &a.ollama) {
+        (Some(o), false, None) => o.clone(),
+        (None, true, None) => a.model.clone(),
+        (None, false, Some(dir)) => {
+            let suffix = match a.emit {
+                EmitArg::Merged => "sleep",
+                EmitArg::Lora => "sleep-lora",
+                EmitArg::Cvec => {
+                    bail!("Ollama loads no control vectors: use --emit merged or lora")
+                }
+            };
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+            dir.join(format!("{}-{suffix}.gguf", file_stem(&a.model)))
+        }
+        (None, false, None) => bail!("give the output file with -o OUT"),
+        _ => bail!("give one of -o OUT, --in-place or --ollama DIR"),
     };
     let opts = PatchOptions {
         method: match a.method {
             MethodArg::Down => Method::Down,
             MethodArg::Matrix => Method::Matrix,
             MethodArg::Vector => Method::Vector,
+            MethodArg::Cvec => Method::Cvec,
             MethodArg::Sleep => Method::Sleep,
         },
         sequential: !a.parallel && !matches!(a.method, MethodArg::Sleep) || a.sequential,
@@ -161,6 +201,12 @@ pub fn run(a: PatchArgs) -> Result<()> {
         max_tokens: a.max_tokens,
         in_place: a.in_place,
         measure_prefill: a.measure_prefill,
+        emit: match a.emit {
+            EmitArg::Merged => Emit::Merged,
+            EmitArg::Lora => Emit::Lora(a.lora_rank),
+            EmitArg::Cvec => Emit::Cvec,
+        },
+        bias: !a.no_bias,
     };
     let mut pb: Option<(String, ProgressBar)> = None;
     let report = patch::patch(
@@ -183,23 +229,104 @@ pub fn run(a: PatchArgs) -> Result<()> {
     if let Some((_, b)) = pb.take() {
         b.finish_and_clear();
     }
+    let ollama = match &a.ollama {
+        Some(dir) => Some(write_modelfile(
+            &a.model,
+            dir,
+            &output,
+            a.emit == EmitArg::Lora,
+        )?),
+        None => None,
+    };
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let Some((modelfile, create)) = &ollama {
+            v["ollama"] = serde_json::json!({ "modelfile": modelfile, "create": create });
+        }
+        println!("{v}");
     } else {
         summary(&report);
+        if let Some((modelfile, create)) = &ollama {
+            println!(
+                "ollama: wrote {}; import with:\n  {create}",
+                modelfile.display()
+            );
+        }
     }
     Ok(())
 }
 
-fn summary(r: &PatchReport) {
-    println!(
-        "patched {} ({} bytes): method {} ({}), strength {}",
-        r.output.display(),
-        r.bytes,
-        r.method,
-        r.mode,
-        r.strength
+fn file_stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".to_string())
+}
+
+/// Writes `dir/Modelfile` (atomically) for the patched `gguf`; returns its path and the
+/// `ollama create` command.
+fn write_modelfile(
+    model: &Path,
+    dir: &Path,
+    gguf: &Path,
+    adapter: bool,
+) -> Result<(PathBuf, String)> {
+    let m = Model::load(model)?;
+    let fmt = ChatFormat::for_model(&m)?;
+    let name = gguf
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let base = if adapter {
+        Some(std::fs::canonicalize(model)?)
+    } else {
+        None
+    };
+    let text = ollama::modelfile(&fmt, &name, base.as_deref())?;
+    let path = dir.join("Modelfile");
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write to {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let create = format!(
+        "ollama create {} -f {}",
+        ollama::model_name(&file_stem(gguf)),
+        path.display()
     );
+    Ok((path, create))
+}
+
+fn summary(r: &PatchReport) {
+    match &r.export {
+        None => println!(
+            "patched {} ({} bytes): method {} ({}), strength {}",
+            r.output.display(),
+            r.bytes,
+            r.method,
+            r.mode,
+            r.strength
+        ),
+        Some(e) => {
+            println!(
+                "wrote {} {} ({} bytes, {} entries) from method {} ({}), strength {}",
+                e.kind,
+                r.output.display(),
+                r.bytes,
+                e.entries,
+                r.method,
+                r.mode,
+                r.strength
+            );
+            if let (Some(rank), Some(en)) = (e.rank, e.min_retained_energy) {
+                println!(
+                    "LoRA rank {rank}: keeps at least {:.2}% of every change's energy",
+                    100.0 * en
+                );
+            }
+        }
+    }
     println!(
         "calibration: {} questions, {} aligned tokens per layer",
         r.questions, r.tokens

@@ -105,6 +105,10 @@ impl<'m> Context<'m> {
         })
     }
 
+    pub(crate) fn raw(&self) -> *mut sys::llama_context {
+        self.ptr
+    }
+
     /// The model this context runs.
     pub fn model(&self) -> &'m Model {
         self.model

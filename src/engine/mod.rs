@@ -6,11 +6,13 @@
 //!
 //! Everything else in the project (capture, methods, eval) is written in safe Rust on top of it.
 
+mod adapter;
 mod batch;
 mod codec;
 mod context;
 mod model;
 
+pub use adapter::LoraAdapter;
 pub use batch::Batch;
 pub use codec::{dequantize, quantize, quantize_requires_imatrix, CodecError};
 pub use context::{Captured, Context, ContextOptions};

@@ -3,6 +3,8 @@
 //!
 //! - `vector` (thought vector): the mean change of the residual after attention, as a bias where
 //!   the architecture has one (`attn_output.bias`, llama family).
+//! - `cvec` (control vector): the same at the block output, as `ffn_down.bias` (llama family),
+//!   which is exactly where llama.cpp adds a control vector (`--emit cvec`).
 //! - `matrix` (thought matrix, input side): `Δ` with `Δ·a ≈ t − a` on the MLP input after its
 //!   norm, applied as `W_up ← W_up(I+Δ)`, `W_gate ← W_gate(I+Δ)`.
 //! - `down` (output side): `ΔW_down·h + b ≈` the change of the block output, with the MLP hidden
@@ -32,6 +34,8 @@ pub enum Method {
     Sleep,
     /// thought vector: residual bias after attention
     Vector,
+    /// control vector: residual bias at the block output
+    Cvec,
     /// thought matrices on the MLP input (`W_up`, `W_gate`)
     Matrix,
     /// output-side least squares on `W_down` (+ `ffn_down.bias`)
@@ -44,6 +48,7 @@ impl Method {
         match self {
             Method::Sleep => "sleep",
             Method::Vector => "vector",
+            Method::Cvec => "cvec",
             Method::Matrix => "matrix",
             Method::Down => "down",
         }
@@ -70,7 +75,7 @@ pub struct Arch {
 impl Arch {
     /// Whether the architecture's graph is supported by `method`.
     pub fn check(&self, method: Method) -> Result<()> {
-        if method == Method::Vector && !self.has_out_biases {
+        if matches!(method, Method::Vector | Method::Cvec) && !self.has_out_biases {
             bail!(
                 "{} applies no bias after attention, so a thought vector has nowhere to go: \
                  use --method down (it fits the same shift into W_down) or matrix",
@@ -89,6 +94,7 @@ pub fn kinds(method: Method, arch: &Arch) -> (Vec<Kind>, Vec<Kind>) {
             vec![Kind::Resid, Kind::BlockOut],
             vec![Kind::Resid, Kind::BlockOut],
         ),
+        Method::Cvec => (vec![Kind::BlockOut], vec![Kind::BlockOut]),
         Method::Matrix => (vec![Kind::MlpIn], vec![Kind::MlpIn]),
         Method::Down => {
             let mut u = vec![Kind::MlpHidden, Kind::BlockOut];
@@ -104,7 +110,7 @@ pub fn kinds(method: Method, arch: &Arch) -> (Vec<Kind>, Vec<Kind>) {
 /// The ridge problem of one layer.
 pub fn problem(method: Method, arch: &Arch) -> Ridge {
     match method {
-        Method::Vector => Ridge::new(0, arch.n_embd, true),
+        Method::Vector | Method::Cvec => Ridge::new(0, arch.n_embd, true),
         Method::Matrix => Ridge::new(arch.n_embd, arch.n_embd, false),
         Method::Down => Ridge::new(arch.n_ff, arch.n_embd, arch.has_out_biases),
         Method::Sleep => unreachable!("sleep is not a least-squares method"),
@@ -140,6 +146,14 @@ pub fn add_rows(
             let (pr, ur) = (get(p, Kind::Resid, l)?, get(u, Kind::Resid, l)?);
             for r in 0..pr.rows {
                 let mut t: Vec<f32> = diff(pr.row(r), ur.row(r));
+                prev_diff(r, &mut t)?;
+                ridge.add(&[], &t, validation);
+            }
+        }
+        Method::Cvec => {
+            let (po, uo) = (get(p, Kind::BlockOut, l)?, get(u, Kind::BlockOut, l)?);
+            for r in 0..po.rows {
+                let mut t: Vec<f32> = diff(po.row(r), uo.row(r));
                 prev_diff(r, &mut t)?;
                 ridge.add(&[], &t, validation);
             }
@@ -214,6 +228,11 @@ pub fn deltas(
         Method::Vector => vec![Delta::Bias {
             tensor: format!("blk.{l}.attn_output.bias"),
             after: format!("blk.{l}.attn_output.weight"),
+            values: b,
+        }],
+        Method::Cvec => vec![Delta::Bias {
+            tensor: format!("blk.{l}.ffn_down.bias"),
+            after: format!("blk.{l}.ffn_down.weight"),
             values: b,
         }],
         Method::Matrix => {

@@ -58,6 +58,21 @@ pub struct PatchOptions {
     pub in_place: bool,
     /// also time a plain prefill of the calibration tokens (the lower bound of capture)
     pub measure_prefill: bool,
+    /// what to write: the merged model, or an adapter llama.cpp applies at run time
+    pub emit: Emit,
+    /// `down`: also fit `ffn_down.bias` where the architecture applies one (off for LoRA)
+    pub bias: bool,
+}
+
+/// What `patch` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emit {
+    /// the patched model, edits merged into its weights
+    Merged,
+    /// a LoRA adapter of the weight changes (`down`, `matrix`), at most this rank
+    Lora(usize),
+    /// a control vector (`cvec`)
+    Cvec,
 }
 
 /// Per-layer outcome of a fit.
@@ -99,6 +114,8 @@ pub struct PatchReport {
     /// seconds of a plain prefill (no capture) of every prompted and unprompted calibration
     /// sequence, when measured
     pub prefill_s: Option<f64>,
+    /// the adapter written instead of the merged model (`--emit lora|cvec`)
+    pub export: Option<crate::export::ExportReport>,
 }
 
 /// What a fit produced: deltas still to be scaled and stored, or the stored edits already
@@ -134,6 +151,30 @@ pub fn patch(
             output.display()
         );
     }
+    let exported;
+    let opts = &match opts.emit {
+        Emit::Merged => opts.clone(),
+        Emit::Lora(_) => {
+            if !matches!(opts.method, Method::Down | Method::Matrix) {
+                bail!("--emit lora carries weight matrices: use --method down or matrix");
+            }
+            // The adapter reproduces the unquantized patch, without biases.
+            PatchOptions {
+                edit_type: EditType::F32,
+                ..opts.clone()
+            }
+        }
+        Emit::Cvec => {
+            if opts.method != Method::Cvec {
+                bail!("--emit cvec needs --method cvec (a vector at each block's output)");
+            }
+            opts.clone()
+        }
+    };
+    if opts.emit != Emit::Merged && opts.in_place {
+        bail!("--in-place writes a model: it does not go with --emit lora or cvec");
+    }
+    check_writable(output)?;
     let src = gguf::GgufFile::open(input)?;
     let arch_name = src
         .header()
@@ -145,8 +186,14 @@ pub fn patch(
         .header()
         .arch_u64("block_count")
         .context("the model has no block_count")? as usize;
-    let arch = arch_of(&src, &arch_name, n_layer)?;
+    let mut arch = arch_of(&src, &arch_name, n_layer)?;
     arch.check(opts.method)?;
+    if matches!(opts.emit, Emit::Lora(_)) || !opts.bias {
+        if matches!(opts.method, Method::Vector | Method::Cvec) {
+            bail!("--no-bias leaves {} nothing to fit", opts.method.name());
+        }
+        arch.has_out_biases = false; // a LoRA adapter has no place for a bias
+    }
     let model = Model::load(input)?;
     let info = model.info().clone();
     let (l0, l1) = opts.layers.unwrap_or((0, info.n_layer));
@@ -212,10 +259,7 @@ pub fn patch(
         (Fitted::Deltas(d), r)
     } else {
         drop(model);
-        let work_dir = output
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let work_dir = parent_dir(output);
         sequential::fit(
             &src,
             input,
@@ -236,19 +280,35 @@ pub fn patch(
         Fitted::Deltas(d) => edit::to_gguf_edits(&src, &d, opts.strength, opts.edit_type)?,
         Fitted::Stored(e, r) => (e, r),
     };
-    provenance(&mut edits, system, opts, (l0, l1));
+    provenance(&mut edits, src.header(), system, opts, (l0, l1));
     phases.push(("requantize".to_string(), t.elapsed().as_secs_f64()));
     let t = Instant::now();
     progress("write", 0, 1);
-    let w = gguf::write(
-        &src,
-        &edits,
-        output,
-        &gguf::WriteOptions {
+    let bytes = if opts.emit == Emit::Merged {
+        exported = None;
+        let wopts = gguf::WriteOptions {
             allow_overwrite_input: opts.in_place,
             ..Default::default()
-        },
-    )?;
+        };
+        gguf::write(&src, &edits, output, &wopts)?.bytes
+    } else {
+        // Merged and unquantized into a scratch file beside the output, then exported.
+        let dir = parent_dir(output);
+        gguf::remove_stale(dir, MERGED_PREFIX);
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{MERGED_PREFIX}{}-", std::process::id()))
+            .suffix(".gguf")
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot write to {}", dir.display()))?;
+        gguf::write(&src, &edits, tmp.path(), &slice::scratch())?;
+        let merged = gguf::GgufFile::open(tmp.path())?;
+        let r = match opts.emit {
+            Emit::Lora(rank) => crate::export::lora::write(&src, &merged, rank, output)?,
+            _ => crate::export::cvec::write(&src, &merged, output)?,
+        };
+        exported = Some(r);
+        std::fs::metadata(output).map(|m| m.len()).unwrap_or(0)
+    };
     progress("write", 1, 1);
     phases.push(("write".to_string(), t.elapsed().as_secs_f64()));
     Ok(PatchReport {
@@ -266,8 +326,9 @@ pub fn patch(
         tensors,
         phases,
         output: output.to_path_buf(),
-        bytes: w.bytes,
+        bytes,
         prefill_s,
+        export: exported,
     })
 }
 
@@ -359,6 +420,31 @@ fn check_prompt_fits(model: &Model, system: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Name prefix of the merged scratch file an export is made from.
+const MERGED_PREFIX: &str = ".gguf-sleep-merged-";
+
+/// The directory a path is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Fails early, before minutes of fitting, when the output's directory takes no new files.
+fn check_writable(output: &Path) -> Result<()> {
+    let dir = parent_dir(output);
+    tempfile::Builder::new()
+        .prefix(".gguf-sleep-probe-")
+        .tempfile_in(dir)
+        .map(drop)
+        .with_context(|| {
+            format!(
+                "cannot write to {}: choose an -o in a writable directory",
+                dir.display()
+            )
+        })
 }
 
 fn is_validation(i: usize) -> bool {
@@ -523,20 +609,43 @@ fn solve_layer(
 }
 
 /// `sleep.*` provenance keys.
-fn provenance(edits: &mut gguf::Edits, system: &str, opts: &PatchOptions, layers: (usize, usize)) {
+/// `sleep.*` keys of this patch (the latest), and `sleep.history`: one line per patch the
+/// model has received, oldest first, so stacked patches stay on record.
+fn provenance(
+    edits: &mut gguf::Edits,
+    src: &gguf::Header,
+    system: &str,
+    opts: &PatchOptions,
+    layers: (usize, usize),
+) {
     let sha = Sha256::digest(system.as_bytes());
     let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
+    let mode = if opts.sequential {
+        "sequential"
+    } else {
+        "parallel"
+    };
+    let mut history = previous_history(src);
+    history.push(format!(
+        "method={} mode={mode} strength={} layers={}..{} calibration={} prompt_sha256={hex} version={}",
+        opts.method.name(),
+        opts.strength,
+        layers.0,
+        layers.1,
+        opts.questions.len(),
+        env!("CARGO_PKG_VERSION"),
+    ));
+    edits.set_metadata(
+        "sleep.history",
+        gguf::Value::Array(gguf::Array::new(
+            gguf::ValueType::String,
+            history.into_iter().map(gguf::Value::from).collect(),
+        )),
+    );
     edits
         .set_metadata("sleep.version", env!("CARGO_PKG_VERSION"))
         .set_metadata("sleep.method", opts.method.name())
-        .set_metadata(
-            "sleep.mode",
-            if opts.sequential {
-                "sequential"
-            } else {
-                "parallel"
-            },
-        )
+        .set_metadata("sleep.mode", mode)
         .set_metadata("sleep.strength", opts.strength)
         .set_metadata("sleep.prompt_sha256", hex)
         .set_metadata("sleep.calibration_size", opts.questions.len() as u32)
@@ -558,5 +667,22 @@ fn provenance(edits: &mut gguf::Edits, system: &str, opts: &PatchOptions, layers
             "sleep.alpha",
             opts.alpha.map_or("measured".to_string(), |a| a.to_string()),
         );
+    }
+}
+
+/// The history lines of a model patched before: its `sleep.history`, or, for a file from before
+/// the history was kept, one line made from its `sleep.*` keys.
+fn previous_history(src: &gguf::Header) -> Vec<String> {
+    let m = &src.metadata;
+    if let Some(gguf::Value::Array(a)) = m.get("sleep.history") {
+        return a
+            .items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+    }
+    match (m.get_str("sleep.method"), m.get_str("sleep.prompt_sha256")) {
+        (Some(method), Some(sha)) => vec![format!("method={method} prompt_sha256={sha}")],
+        _ => Vec::new(),
     }
 }

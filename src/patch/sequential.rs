@@ -19,6 +19,9 @@ use crate::capture::{self, Kind, Matrix, Request};
 use crate::engine::{Context, ContextOptions, Model};
 use crate::material::Pair;
 
+/// Name prefix of the working directory (beside the output).
+const WORK_PREFIX: &str = ".gguf-sleep-seq-";
+
 /// Fit `layers` in order; returns every layer's deltas and reports.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn fit(
@@ -34,8 +37,10 @@ pub(super) fn fit(
     phases: &mut Vec<(String, f64)>,
     progress: Progress,
 ) -> Result<(Fitted, Vec<LayerReport>)> {
+    // `.gguf-sleep-seq-PID-…`: what a killed run left behind is removed by the next one.
+    gguf::remove_stale(work_dir, WORK_PREFIX);
     let work = tempfile::Builder::new()
-        .prefix(".gguf-sleep-seq-")
+        .prefix(&format!("{WORK_PREFIX}{}-", std::process::id()))
         .tempdir_in(work_dir)
         .with_context(|| {
             format!(

@@ -36,3 +36,19 @@ pub fn gemma3() -> PathBuf {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gguf-sleep"))
 }
+
+/// Runs the binary with `args` (and `GGUF_SLEEP_THREADS=1`), asserts success and parses its
+/// standard output as one JSON value.
+pub fn json_of<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> serde_json::Value {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .env("GGUF_SLEEP_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON value on stdout")
+}
