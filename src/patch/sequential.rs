@@ -119,6 +119,16 @@ impl Run<'_> {
         u: Rows,
     ) -> Result<()> {
         let p = &self.pairs[i];
+        if self.opts.method == method::Method::Matrix {
+            // Tokens before the shared part (the template's own text) keep their MLP input:
+            // `Δ` applies to every token, not only to the fitted ones (docs/RESULTS.md).
+            if let Some(a) = u.get(&(crate::capture::Kind::MlpIn, l)) {
+                let zero = vec![0f32; a.cols];
+                for r in 0..p.align.unprompted_start.min(a.rows) {
+                    prob.add(a.row(r), &zero, is_validation(i));
+                }
+            }
+        }
         let u = slice_rows_of(u, p.align.unprompted_start, p.align.len);
         method::add_rows(
             self.opts.method,
