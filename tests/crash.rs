@@ -82,6 +82,24 @@ fn rewrite_killed_at_any_point_leaves_no_partial_output() {
             assert_eq!(sha256(&out), before, "partial output after {delay_ms} ms");
         }
     }
+    // And once as soon as the temporary file appears (a fast disk can beat the fixed delays).
+    let _ = std::fs::remove_file(&out);
+    let mut c = spawn(&["rewrite", input.to_str().unwrap(), "-o", out_s]);
+    let caught = wait_for(
+        dir.path(),
+        ".out.gguf.tmp-",
+        &mut c,
+        Duration::from_secs(60),
+    );
+    kill(c);
+    killed_while_writing += usize::from(caught);
+    if out.exists() {
+        assert_eq!(
+            sha256(&out),
+            before,
+            "partial output after a kill while writing"
+        );
+    }
     assert!(
         killed_while_writing > 0,
         "no kill landed while the temporary file existed"

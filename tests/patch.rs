@@ -361,3 +361,21 @@ fn a_patched_model_can_be_patched_again_and_both_are_recorded() {
     );
     assert!(!greedy(&second).trim().is_empty());
 }
+
+#[test]
+fn matrix_edits_only_up_and_gate_and_the_result_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let out = dir.path().join("matrix.gguf");
+    patch(&m, &out, &["--method", "matrix", "--layers", "6..8"]);
+    let expected: BTreeSet<String> = (6..8)
+        .flat_map(|l| {
+            [
+                format!("blk.{l}.ffn_up.weight"),
+                format!("blk.{l}.ffn_gate.weight"),
+            ]
+        })
+        .collect();
+    assert_eq!(changed_tensors(&m, &out), expected);
+    assert!(!greedy(&out).trim().is_empty());
+}
