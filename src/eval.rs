@@ -34,6 +34,12 @@ pub struct EvalOptions {
     pub max_tokens: usize,
     /// run the locality check
     pub locality: bool,
+    /// a LoRA adapter llama.cpp applies to the candidate
+    pub lora: Option<std::path::PathBuf>,
+    /// the adapter's scale
+    pub lora_scale: f32,
+    /// give the candidate the system prompt too (how a baked model behaves when re-prompted)
+    pub reprompt: bool,
 }
 
 impl Default for EvalOptions {
@@ -41,6 +47,9 @@ impl Default for EvalOptions {
         EvalOptions {
             max_tokens: 64,
             locality: true,
+            lora: None,
+            lora_scale: 1.0,
+            reprompt: false,
         }
     }
 }
@@ -117,8 +126,17 @@ pub fn eval(
         n_seq_max: 1,
         capture: false,
     };
+    let adapter = opts
+        .lora
+        .as_deref()
+        .map(|p| candidate.load_lora(p))
+        .transpose()?;
     let mut bctx = Context::new(base, &copts)?;
     let mut cctx = Context::new(candidate, &copts)?;
+    if let Some(a) = &adapter {
+        cctx.set_lora(a, opts.lora_scale)?;
+    }
+    let csys = opts.reprompt.then_some(system);
 
     let (mut kl_b, mut kl_c, mut t1_b, mut t1_c, mut n) = (0f64, 0f64, 0usize, 0usize, 0usize);
     for (qi, q) in questions.iter().enumerate() {
@@ -130,7 +148,7 @@ pub fn eval(
         p_seq.extend_from_slice(reply);
         let mut u_seq = prompt_tokens(base, &fmt, None, q)?;
         u_seq.extend_from_slice(reply);
-        let mut c_seq = prompt_tokens(candidate, &cfmt, None, q)?;
+        let mut c_seq = prompt_tokens(candidate, &cfmt, csys, q)?;
         c_seq.extend_from_slice(reply);
         align(base, &p_seq, &u_seq, q, reply.len())?;
         let teacher = logprobs_at(&mut bctx, &p_seq, reply.len())?;

@@ -38,7 +38,20 @@ pub fn generate(
     fmt: &ChatFormat,
     prompts: &[Vec<i32>],
     opts: &GenOptions,
+    progress: impl FnMut(),
+) -> Result<Vec<Vec<i32>>> {
+    generate_observed(model, fmt, prompts, opts, progress, |_, _| {})
+}
+
+/// [`generate`], also handing `observe(prompt index, logits)` the model's logits at every
+/// reply position, before the token there is picked (a teacher's distributions for free).
+pub fn generate_observed(
+    model: &Model,
+    fmt: &ChatFormat,
+    prompts: &[Vec<i32>],
+    opts: &GenOptions,
     mut progress: impl FnMut(),
+    mut observe: impl FnMut(usize, &[f32]),
 ) -> Result<Vec<Vec<i32>>> {
     let par = opts.parallel.max(1).min(prompts.len().max(1));
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -61,9 +74,9 @@ pub fn generate(
             capture: false,
         },
     )?;
-    let mut rng = SplitMix(opts.seed);
+    let mut rng = SplitMix::new(opts.seed);
     let mut out = Vec::with_capacity(prompts.len());
-    for group in prompts.chunks(par) {
+    for (g, group) in prompts.chunks(par).enumerate() {
         ctx.clear();
         let mut replies: Vec<Vec<i32>> = vec![Vec::new(); group.len()];
         let mut done = vec![false; group.len()];
@@ -103,10 +116,12 @@ pub fn generate(
                 if done[s] {
                     continue;
                 }
-                let tok = match rows[s] {
-                    Some(r) => pick(ctx.logits(r)?, opts.temperature, &mut rng),
-                    None => pick(&first[s], opts.temperature, &mut rng),
+                let logits = match rows[s] {
+                    Some(r) => ctx.logits(r)?,
+                    None => &first[s],
                 };
+                observe(g * par + s, logits);
+                let tok = pick(logits, opts.temperature, &mut rng);
                 replies[s].push(tok);
                 let text_stop =
                     !fmt.has_template() && model.detokenize(&replies[s]).contains(PLAIN_STOP);
@@ -163,10 +178,16 @@ fn pick(logits: &[f32], temperature: f32, rng: &mut SplitMix) -> i32 {
 }
 
 /// splitmix64: a small, well-known seeded generator (reproducible sampling).
-struct SplitMix(u64);
+pub struct SplitMix(u64);
 
 impl SplitMix {
-    fn next_f64(&mut self) -> f64 {
+    /// A generator started at `seed`.
+    pub fn new(seed: u64) -> SplitMix {
+        SplitMix(seed)
+    }
+
+    /// The next number, uniform in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -4,6 +4,7 @@
 //! container ([`gguf`]) → [`engine`] (llama.cpp) → capture → method → requantize → writer,
 //! with eval beside them.
 
+pub mod bake;
 pub mod capture;
 pub mod chat;
 pub mod convo;

@@ -57,6 +57,9 @@ enum Cmd {
     /// Bake a system prompt into the weights: the output, used with no system prompt, behaves
     /// like the input used with it.
     Patch(cli::patch::PatchArgs),
+    /// Prompt Baking: train a LoRA adapter so that the model without the prompt matches the
+    /// model with it (KL on its own sampled replies), then merge it or write it as an adapter.
+    Bake(cli::bake::BakeArgs),
 }
 
 #[derive(Args)]
@@ -122,6 +125,15 @@ struct EvalArgs {
     /// skip the neutral-text locality check
     #[arg(long)]
     no_locality: bool,
+    /// apply this LoRA adapter (e.g. from `bake --emit lora`) to the candidate, through llama.cpp
+    #[arg(long, value_name = "ADAPTER")]
+    lora: Option<PathBuf>,
+    /// scale of the --lora adapter (llama.cpp's --lora-scaled)
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
+    lora_scale: f32,
+    /// give the candidate the system prompt too: how a baked model behaves when prompted again
+    #[arg(long)]
+    reprompt: bool,
     /// print JSON on stdout
     #[arg(long)]
     json: bool,
@@ -173,6 +185,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Generate(a) => generate_cmd(a)?,
         Cmd::Eval(a) => eval_cmd(a)?,
         Cmd::Patch(a) => cli::patch::run(a)?,
+        Cmd::Bake(a) => cli::bake::run(a)?,
     }
     Ok(())
 }
@@ -257,6 +270,9 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let opts = eval::EvalOptions {
         max_tokens: a.max_tokens,
         locality: !a.no_locality,
+        lora: a.lora.clone(),
+        lora_scale: a.lora_scale,
+        reprompt: a.reprompt,
     };
     let r = eval::eval(
         &base,

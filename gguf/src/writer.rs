@@ -136,7 +136,20 @@ pub fn write(
         }
         w.flush().map_err(werr)?;
     }
-    // Flush to disk and, meanwhile, re-open and check what was written (from the page cache).
+    finish(tmp, out, &header_bytes, &header, report.bytes, opts)?;
+    Ok(report)
+}
+
+/// Flushes the written temporary file to disk and, meanwhile, re-opens and checks it (from the
+/// page cache), then renames it to `out`.
+fn finish(
+    tmp: TempFile,
+    out: &Path,
+    header_bytes: &[u8],
+    header: &Header,
+    file_len: u64,
+    opts: &WriteOptions,
+) -> Result<()> {
     let (synced, verified) = std::thread::scope(|s| {
         let sync = s.spawn(|| {
             if opts.scratch {
@@ -145,7 +158,7 @@ pub fn write(
                 tmp.file.sync_all()
             }
         });
-        let verified = verify(&tmp.path, &header_bytes, &header, report.bytes);
+        let verified = verify(&tmp.path, header_bytes, header, file_len);
         (sync.join(), verified)
     });
     let synced = synced.unwrap_or_else(|_| Err(io::Error::other("the sync thread panicked")));
@@ -154,8 +167,7 @@ pub fn write(
         path: out.to_path_buf(),
         detail: Box::new(detail),
     })?;
-    tmp.persist(out, !opts.scratch)?;
-    Ok(report)
+    tmp.persist(out, !opts.scratch)
 }
 
 /// Writes a new GGUF file (version 3) holding `metadata` and `tensors` (in the given order;
@@ -179,11 +191,7 @@ pub fn write_new(
     for (info, t) in header.tensors.iter().zip(&tensors) {
         crate::edits::check_len(info, t.data.len())?;
     }
-    if out.file_name().is_none() || out.is_dir() {
-        return Err(Error::OutputIsDir {
-            path: out.to_path_buf(),
-        });
-    }
+    existing_output(out)?;
     let header_bytes = header.to_bytes();
     let tmp = TempFile::create(out)?;
     let werr = |e: io::Error| Error::io("write", out, e);
@@ -198,16 +206,7 @@ pub fn write_new(
         }
         w.flush().map_err(werr)?;
     }
-    if !opts.scratch {
-        tmp.file.sync_all().map_err(|e| Error::io("sync", out, e))?;
-    }
-    verify(&tmp.path, &header_bytes, &header, header.file_len()).map_err(|detail| {
-        Error::Verify {
-            path: out.to_path_buf(),
-            detail: Box::new(detail),
-        }
-    })?;
-    tmp.persist(out, !opts.scratch)?;
+    finish(tmp, out, &header_bytes, &header, header.file_len(), opts)?;
     Ok(WriteReport {
         path: out.to_path_buf(),
         bytes: header.file_len(),
@@ -322,19 +321,9 @@ fn verify(path: &Path, header_bytes: &[u8], header: &Header, file_len: u64) -> R
 /// Refuses an output that is a directory or (unless allowed) the input model itself, by path,
 /// symlink or hard link.
 fn check_output(src: &GgufFile, out: &Path, opts: &WriteOptions) -> Result<()> {
-    if out.file_name().is_none() {
-        return Err(Error::OutputIsDir {
-            path: out.to_path_buf(),
-        });
-    }
-    let Ok(meta) = fs::metadata(out) else {
-        return Ok(()); // nothing there yet (or a dangling link, which the rename replaces)
+    let Some(meta) = existing_output(out)? else {
+        return Ok(());
     };
-    if meta.is_dir() {
-        return Err(Error::OutputIsDir {
-            path: out.to_path_buf(),
-        });
-    }
     if opts.allow_overwrite_input {
         return Ok(());
     }
@@ -348,6 +337,22 @@ fn check_output(src: &GgufFile, out: &Path, opts: &WriteOptions) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Refuses an output that names a directory; the metadata of what is there, if anything (a
+/// dangling link counts as nothing: the rename replaces it).
+fn existing_output(out: &Path) -> Result<Option<fs::Metadata>> {
+    let dir = || Error::OutputIsDir {
+        path: out.to_path_buf(),
+    };
+    if out.file_name().is_none() {
+        return Err(dir());
+    }
+    match fs::metadata(out) {
+        Ok(meta) if meta.is_dir() => Err(dir()),
+        Ok(meta) => Ok(Some(meta)),
+        Err(_) => Ok(None),
+    }
 }
 
 #[cfg(unix)]

@@ -61,7 +61,8 @@ pub enum EditType {
 }
 
 impl EditType {
-    fn resolve(self, original: GgmlType) -> GgmlType {
+    /// The stored type of a matrix whose original type is `original`.
+    pub fn resolve(self, original: GgmlType) -> GgmlType {
         match self {
             EditType::Same => original,
             EditType::Q8_0 => GgmlType::Q8_0,

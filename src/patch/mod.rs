@@ -354,7 +354,7 @@ fn time_prefill(model: &Model, copts: &ContextOptions, pairs: &[Pair]) -> Result
 }
 
 /// Whether two paths name the same file (the second may not exist yet).
-fn same_file(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     let canon = |p: &Path| -> Option<PathBuf> {
         if let Ok(c) = p.canonicalize() {
             return Some(c);
@@ -409,7 +409,7 @@ fn arch_of(src: &gguf::GgufFile, name: &str, n_layer: usize) -> Result<Arch> {
 }
 
 /// A prompt that does not leave room for a conversation in the model's context is refused.
-fn check_prompt_fits(model: &Model, system: &str) -> Result<()> {
+pub(crate) fn check_prompt_fits(model: &Model, system: &str) -> Result<()> {
     let fmt = ChatFormat::for_model(model)?;
     let n = prompt_tokens(model, &fmt, Some(system), "Hi")?.len();
     let n_ctx = model.info().n_ctx_train;
@@ -426,14 +426,14 @@ fn check_prompt_fits(model: &Model, system: &str) -> Result<()> {
 const MERGED_PREFIX: &str = ".gguf-sleep-merged-";
 
 /// The directory a path is in (`.` for a bare file name).
-fn parent_dir(path: &Path) -> &Path {
+pub(crate) fn parent_dir(path: &Path) -> &Path {
     path.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
 }
 
 /// Fails early, before minutes of fitting, when the output's directory takes no new files.
-fn check_writable(output: &Path) -> Result<()> {
+pub(crate) fn check_writable(output: &Path) -> Result<()> {
     let dir = parent_dir(output);
     tempfile::Builder::new()
         .prefix(".gguf-sleep-probe-")
@@ -672,7 +672,7 @@ fn provenance(
 
 /// The history lines of a model patched before: its `sleep.history`, or, for a file from before
 /// the history was kept, one line made from its `sleep.*` keys.
-fn previous_history(src: &gguf::Header) -> Vec<String> {
+pub(crate) fn previous_history(src: &gguf::Header) -> Vec<String> {
     let m = &src.metadata;
     if let Some(gguf::Value::Array(a)) = m.get("sleep.history") {
         return a

@@ -1,0 +1,455 @@
+//! `bake`: Prompt Baking (Bhargava et al., 2024). A LoRA adapter is trained so that the model
+//! used with no system prompt matches the model used with it, minimising
+//! `KL(P(·|prompt, x) ‖ P_baked(·|x))` over the prompted model's own sampled replies.
+//!
+//! The flow: the teacher (the prompted model in llama.cpp, [`teacher`]) samples trajectories
+//! and records its next-token distributions; the student ([`student`]: the same GGUF weights,
+//! dequantized and frozen, as a differentiable forward pass in candle) carries adapters
+//! ([`lora`]), optionally warm-started from the training-free `patch`; Adam trains them
+//! ([`train`]); the result is merged into the weights and requantized to their own types, or
+//! written as a LoRA adapter GGUF llama.cpp loads with `--lora`.
+
+pub mod frozen;
+pub mod lora;
+pub mod qat;
+pub mod student;
+pub mod teacher;
+pub mod train;
+
+use anyhow::{bail, Context as _, Result};
+use candle_core::Tensor;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::engine::Model;
+use crate::patch::{self, Delta, EditType, TensorReport};
+pub use lora::{LoraSet, Targets};
+pub use student::Student;
+pub use teacher::{Example, TeacherOptions};
+pub use train::{CurvePoint, TrainOptions};
+
+/// Where the adapters start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// `B = 0`: the unmodified model
+    None,
+    /// the training-free `patch` (method `down`, no bias), as a rank-`r` adapter on `ffn_down`
+    Patch(usize),
+}
+
+/// What `bake` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BakeEmit {
+    /// the adapter merged into the weights, requantized
+    Merged,
+    /// a LoRA adapter GGUF
+    Lora,
+}
+
+/// Settings of one `bake` run.
+#[derive(Debug, Clone)]
+pub struct BakeOptions {
+    /// calibration questions (every fifth is held out for the validation curve)
+    pub questions: Vec<String>,
+    /// teacher settings
+    pub teacher: TeacherOptions,
+    /// training settings
+    pub train: TrainOptions,
+    /// adapter rank
+    pub rank: usize,
+    /// projections adapted
+    pub targets: Targets,
+    /// warm start
+    pub init: Init,
+    /// scale of the trained adapter (0 = identity)
+    pub strength: f32,
+    /// merged model or adapter
+    pub emit: BakeEmit,
+    /// storage of merged matrices
+    pub edit_type: EditType,
+    /// most validation trajectories
+    pub max_val: usize,
+    /// also write the trained adapter here (with a merged output)
+    pub save_adapter: Option<PathBuf>,
+}
+
+/// What a `bake` run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BakeReport {
+    /// calibration questions
+    pub questions: usize,
+    /// trajectories trained on
+    pub train_trajectories: usize,
+    /// reply tokens trained on
+    pub train_tokens: usize,
+    /// trajectories the curve is measured on (questions never trained on)
+    pub val_trajectories: usize,
+    /// mean teacher mass outside the kept top-k (what the KL lumps together)
+    pub mean_tail_mass: f64,
+    /// trainable parameters
+    pub params: usize,
+    /// validation KL of the unmodified model (the prompt's effect)
+    pub val_kl_base: f64,
+    /// the training curve
+    pub curve: Vec<CurvePoint>,
+    /// first step whose validation recovery reached 0.9
+    pub steps_to_0_9: Option<usize>,
+    /// warm start: the smallest share of a patch change's energy the initial rank keeps
+    pub init_retained_energy: Option<f64>,
+    /// per stored tensor (merged output)
+    pub tensors: Vec<TensorReport>,
+    /// (phase, seconds)
+    pub phases: Vec<(String, f64)>,
+    /// output path
+    pub output: PathBuf,
+    /// output size in bytes
+    pub bytes: u64,
+}
+
+/// Progress callback: (phase, done, total, loss of the last step).
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize, Option<f64>);
+
+/// Bake `system` into `input` and write the result to `output`.
+pub fn bake(
+    input: &Path,
+    output: &Path,
+    system: &str,
+    opts: &BakeOptions,
+    progress: Progress,
+) -> Result<BakeReport> {
+    if system.trim().is_empty() {
+        bail!("the system prompt is empty");
+    }
+    if opts.questions.is_empty() {
+        bail!("no calibration questions");
+    }
+    if opts.rank == 0 {
+        bail!("--rank must be at least 1");
+    }
+    if opts.train.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if patch::same_file(input, output) {
+        bail!(
+            "the output {} is the input model: choose another -o",
+            output.display()
+        );
+    }
+    patch::check_writable(output)?;
+    crate::engine::retain_freed_memory();
+    let src = gguf::GgufFile::open(input)?;
+    student::Config::from_file(&src)?;
+    let mut phases = Vec::new();
+
+    let t = Instant::now();
+    let model = Model::load(input)?;
+    patch::check_prompt_fits(&model, system)?;
+    let examples = teacher::trajectories(
+        &model,
+        system,
+        &opts.questions,
+        &opts.teacher,
+        &mut |p, d, n| progress(p, d, n, None),
+    )?;
+    drop(model);
+    phases.push(("teacher".to_string(), t.elapsed().as_secs_f64()));
+    let (mut train_set, mut val) = (Vec::new(), Vec::new());
+    for e in examples {
+        if e.question_index % 5 == 4 {
+            val.push(e);
+        } else {
+            train_set.push(e);
+        }
+    }
+    if train_set.is_empty() {
+        bail!("the prompted model gave no replies to train on");
+    }
+    let stride = val.len().div_ceil(opts.max_val.max(1)).max(1);
+    let val: Vec<Example> = val.into_iter().step_by(stride).collect();
+    let positions: usize = train_set.iter().map(|e| e.n).sum();
+    let tail: f64 = train_set
+        .iter()
+        .flat_map(|e| e.tail.iter())
+        .map(|&t| f64::from(t).exp())
+        .sum::<f64>()
+        / positions.max(1) as f64;
+
+    let t = Instant::now();
+    let student = Student::load(&src)?;
+    phases.push(("load student".to_string(), t.elapsed().as_secs_f64()));
+
+    let t = Instant::now();
+    let (init, retained) = match opts.init {
+        Init::None => (Vec::new(), None),
+        Init::Patch(r) => {
+            let (f, e) = patch_factors(input, output, system, opts, r, progress)?;
+            (f, Some(e))
+        }
+    };
+    let lora = adapters(&student, opts, init)?;
+    if opts.init != Init::None {
+        phases.push(("warm start (patch)".to_string(), t.elapsed().as_secs_f64()));
+    }
+
+    let t = Instant::now();
+    let val_base = train::mean_kl(&student, &LoraSet::default(), &val, opts.train.batch)?;
+    // Importance weights for requantization (during QAT and when writing): the adapted
+    // matrices' mean squared inputs on training trajectories.
+    student.record_importance();
+    train::mean_kl(
+        &student,
+        &lora,
+        &train_set[..train_set.len().min(16)],
+        opts.train.batch,
+    )?;
+    let importance = student.take_importance();
+    let steps = opts.train.steps;
+    let mut train_opts = opts.train.clone();
+    if opts.emit != BakeEmit::Merged {
+        train_opts.qat_from = None; // an adapter is stored exactly
+    }
+    let curve = train::train(
+        &student,
+        &lora,
+        &train_set,
+        &val,
+        val_base,
+        &train_opts,
+        &mut || qat::refresh(&student, &lora, &src, opts.edit_type, &importance),
+        &mut |s, l| progress("train", s, steps, Some(l)),
+    )?;
+    phases.push(("train".to_string(), t.elapsed().as_secs_f64()));
+    let steps_to_0_9 = curve.iter().find(|p| p.val_recovery >= 0.9).map(|p| p.step);
+
+    let t = Instant::now();
+    progress("write", 0, 1, None);
+    if let Some(p) = &opts.save_adapter {
+        write_adapter(&src, &lora, opts.strength, p)?;
+    }
+    let (tensors, bytes) = match opts.emit {
+        BakeEmit::Lora => (
+            Vec::new(),
+            write_adapter(&src, &lora, opts.strength, output)?,
+        ),
+        BakeEmit::Merged => {
+            let mut deltas = Vec::new();
+            for (name, ad) in &lora.adapters {
+                deltas.push(Delta::Matrix {
+                    tensor: name.clone(),
+                    delta: ad.delta(1.0)?,
+                    importance: importance.get(name).cloned(),
+                });
+            }
+            let (mut edits, reports) =
+                patch::edit::to_gguf_edits(&src, &deltas, opts.strength, opts.edit_type)?;
+            provenance(&mut edits, src.header(), system, opts);
+            let r = gguf::write(&src, &edits, output, &gguf::WriteOptions::default())?;
+            (reports, r.bytes)
+        }
+    };
+    progress("write", 1, 1, None);
+    phases.push(("write".to_string(), t.elapsed().as_secs_f64()));
+    Ok(BakeReport {
+        questions: opts.questions.len(),
+        train_trajectories: train_set.len(),
+        train_tokens: positions,
+        val_trajectories: val.len(),
+        mean_tail_mass: tail,
+        params: lora.n_params(),
+        val_kl_base: val_base,
+        curve,
+        steps_to_0_9,
+        init_retained_energy: retained,
+        tensors,
+        phases,
+        output: output.to_path_buf(),
+        bytes,
+    })
+}
+
+/// Initial factors of one matrix: name, `A` (`r × in`), `B` (`out × r`).
+type Factors = (String, Tensor, Tensor);
+
+/// The adapters: a fresh one of rank `opts.rank` on every targeted matrix, with the warm-start
+/// factors stacked in front where given (their rank added to the fresh one's).
+fn adapters(student: &Student, opts: &BakeOptions, init: Vec<Factors>) -> Result<LoraSet> {
+    let mut set = LoraSet::default();
+    let n_layer = student.config().n_layer;
+    for l in 0..n_layer {
+        for (j, kind) in opts.targets.kinds().iter().enumerate() {
+            let (n_out, n_in) = student.matrix_shape(l, kind)?;
+            let seed = opts.train.seed ^ ((l * 16 + j) as u64).wrapping_mul(0x9E37_79B9);
+            set.add_fresh(
+                &format!("blk.{l}.{kind}.weight"),
+                n_out,
+                n_in,
+                opts.rank,
+                seed,
+            )?;
+        }
+    }
+    for (name, a, b) in init {
+        let (a, b) = match set.get(&name) {
+            Some(fresh) => (
+                Tensor::cat(&[&a, fresh.a.as_tensor()], 0)?,
+                Tensor::cat(&[&b, fresh.b.as_tensor()], 1)?,
+            ),
+            None => (a, b),
+        };
+        set.add_init(&name, a, b)?;
+    }
+    Ok(set)
+}
+
+/// Run the training-free patch (`down`, sequential, no bias) as a rank-`r` adapter and read its
+/// factors back; also the smallest share of a change's energy that rank keeps.
+fn patch_factors(
+    input: &Path,
+    output: &Path,
+    system: &str,
+    opts: &BakeOptions,
+    r: usize,
+    progress: Progress,
+) -> Result<(Vec<Factors>, f64)> {
+    let dir = patch::parent_dir(output);
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".gguf-sleep-init-{}-", std::process::id()))
+        .suffix(".gguf")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write to {}", dir.display()))?;
+    let popts = patch::PatchOptions {
+        method: patch::Method::Down,
+        sequential: true,
+        strength: 1.0,
+        layers: None,
+        questions: opts.questions.clone(),
+        lambda: patch::Lambda::Auto,
+        edit_type: EditType::F32,
+        alpha: None,
+        beta: 1.0,
+        max_tokens: opts.teacher.max_tokens,
+        in_place: false,
+        measure_prefill: false,
+        emit: patch::Emit::Lora(r),
+        bias: false,
+    };
+    let rep = patch::patch(input, tmp.path(), system, &popts, &mut |p, d, n| {
+        progress(&format!("patch {p}"), d, n, None)
+    })?;
+    let energy = rep
+        .export
+        .and_then(|e| e.min_retained_energy)
+        .unwrap_or(1.0);
+    let set = lora::read_adapter(tmp.path())?;
+    let out = set
+        .adapters
+        .into_iter()
+        .map(|(name, ad)| (name, ad.a.as_tensor().clone(), ad.b.as_tensor().clone()))
+        .collect();
+    Ok((out, energy))
+}
+
+/// Write the adapters as a LoRA GGUF llama.cpp loads with `--lora`: `W.lora_a` `[in, r]`,
+/// `W.lora_b` `[r, out]` (scaled by `strength`). `adapter.lora.alpha` is the rank when every
+/// adapter has the same one (llama.cpp's scale `alpha / r` is then 1), else 0, which llama.cpp
+/// reads as "no scaling" for every rank.
+pub fn write_adapter(
+    src: &gguf::GgufFile,
+    lora: &LoraSet,
+    strength: f32,
+    out: &Path,
+) -> Result<u64> {
+    let arch = src
+        .header()
+        .architecture()
+        .context("the model has no general.architecture")?;
+    let mut tensors = Vec::new();
+    let ranks: std::collections::BTreeSet<usize> =
+        lora.adapters.values().map(|a| a.rank()).collect();
+    for (name, ad) in &lora.adapters {
+        let (r, n_in) = ad.a.as_tensor().dims2()?;
+        let n_out = ad.b.dim(0)?;
+        let a = ad.a.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let b = (ad.b.as_tensor() * f64::from(strength))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (suffix, v, dims) in [
+            ("lora_a", a, vec![n_in as u64, r as u64]),
+            ("lora_b", b, vec![r as u64, n_out as u64]),
+        ] {
+            tensors.push(gguf::NewTensor {
+                name: format!("{name}.{suffix}"),
+                dims,
+                ggml_type: gguf::GgmlType::F32,
+                data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                after: None,
+            });
+        }
+    }
+    if tensors.is_empty() {
+        bail!("no adapters to write");
+    }
+    let alpha = if ranks.len() == 1 {
+        *ranks.first().expect("one") as f32
+    } else {
+        0.0
+    };
+    let mut meta = gguf::Metadata::new();
+    meta.set("general.architecture", arch);
+    meta.set("general.type", "adapter");
+    meta.set("adapter.type", "lora");
+    meta.set("adapter.lora.alpha", alpha);
+    gguf::write_new(meta, tensors, out, &gguf::WriteOptions::default())?;
+    Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
+}
+
+/// `sleep.*` keys of a baked model, and its line in `sleep.history`.
+fn provenance(edits: &mut gguf::Edits, src: &gguf::Header, system: &str, opts: &BakeOptions) {
+    let sha = Sha256::digest(system.as_bytes());
+    let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
+    let init = match opts.init {
+        Init::None => "none".to_string(),
+        Init::Patch(r) => format!("patch:{r}"),
+    };
+    let params = format!(
+        "steps={} rank={} lr={} targets={} init={init} trajectories={} temperature={} batch={}",
+        opts.train.steps,
+        opts.rank,
+        opts.train.lr,
+        opts.targets.name(),
+        opts.teacher.per_question,
+        opts.teacher.temperature,
+        opts.train.batch,
+    );
+    let mut history = patch::previous_history(src);
+    history.push(format!(
+        "method=bake {params} strength={} calibration={} prompt_sha256={hex} version={}",
+        opts.strength,
+        opts.questions.len(),
+        env!("CARGO_PKG_VERSION"),
+    ));
+    edits.set_metadata(
+        "sleep.history",
+        gguf::Value::Array(gguf::Array::new(
+            gguf::ValueType::String,
+            history.into_iter().map(gguf::Value::from).collect(),
+        )),
+    );
+    edits
+        .set_metadata("sleep.version", env!("CARGO_PKG_VERSION"))
+        .set_metadata("sleep.method", "bake")
+        .set_metadata("sleep.mode", "lora-kl")
+        .set_metadata("sleep.strength", opts.strength)
+        .set_metadata("sleep.prompt_sha256", hex)
+        .set_metadata("sleep.calibration_size", opts.questions.len() as u32)
+        .set_metadata(
+            "sleep.layers",
+            format!("0..{}", src.arch_u64("block_count").unwrap_or(0)),
+        )
+        .set_metadata(
+            "sleep.edit_type",
+            format!("{:?}", opts.edit_type).to_lowercase(),
+        )
+        .set_metadata("sleep.bake", params);
+}

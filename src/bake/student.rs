@@ -1,0 +1,518 @@
+//! The student: the GGUF model as a differentiable forward pass in candle, weights dequantized
+//! through ggml's own codecs and frozen, with [`LoraSet`] adapters on top.
+//!
+//! It follows llama.cpp's graphs for the two architectures it supports:
+//! - `llama` (SmolLM2, Llama, Mistral-style): RMSNorm → attention with RoPE in llama.cpp's
+//!   "normal" (adjacent pairs) layout, as the GGUF converter permutes Q/K for → residual →
+//!   RMSNorm → SiLU-gated MLP → residual.
+//! - `gemma3`: embeddings scaled by √n_embd; per-head RMSNorm on Q and K; NeoX RoPE with base
+//!   10 000 on sliding-window layers and the file's base on every sixth (global) layer; Q scaled
+//!   by 1/√head_dim; post-attention and post-MLP RMSNorms; GELU(tanh)-gated MLP.
+//!
+//! Sequences are shorter than Gemma-3's 512-token window, so the sliding window never masks.
+
+use anyhow::{bail, Context as _, Result};
+use candle_core::{Device, Tensor, D};
+use gguf::GgufFile;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, RwLock};
+
+use super::frozen::Frozen;
+use super::lora::LoraSet;
+use crate::engine::dequantize;
+
+/// Supported architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// llama.cpp's `llama`
+    Llama,
+    /// llama.cpp's `gemma3`
+    Gemma3,
+}
+
+/// Hyper-parameters read from the GGUF header.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// architecture family
+    pub family: Family,
+    /// blocks
+    pub n_layer: usize,
+    /// residual width
+    pub n_embd: usize,
+    /// attention heads
+    pub n_head: usize,
+    /// key/value heads
+    pub n_head_kv: usize,
+    /// size of one head
+    pub head_dim: usize,
+    /// RMSNorm epsilon
+    pub eps: f64,
+    /// RoPE base (global layers)
+    pub rope_base: f64,
+    /// RoPE base of sliding-window layers (gemma3)
+    pub rope_base_swa: f64,
+    /// every n-th layer is global, the others sliding-window (gemma3); 0 = all global
+    pub swa_pattern: usize,
+}
+
+impl Config {
+    /// Read the configuration; an unsupported architecture is a one-line error.
+    pub fn from_file(f: &GgufFile) -> Result<Config> {
+        let h = f.header();
+        let arch = h
+            .architecture()
+            .context("the model has no general.architecture")?;
+        let family = match arch {
+            "llama" => Family::Llama,
+            "gemma3" => Family::Gemma3,
+            other => bail!(
+                "bake supports the llama and gemma3 architectures, not {other}: use `patch` for this model"
+            ),
+        };
+        let m = &h.metadata;
+        let u = |k: &str| {
+            h.arch_u64(k)
+                .with_context(|| format!("the model has no {arch}.{k}"))
+                .map(|v| v as usize)
+        };
+        let fv = |k: &str| m.get_f64(&format!("{arch}.{k}"));
+        let n_embd = u("embedding_length")?;
+        let n_head = u("attention.head_count")?;
+        let head_dim = h
+            .arch_u64("attention.key_length")
+            .map_or(n_embd / n_head.max(1), |v| v as usize);
+        let swa = h.arch_u64("attention.sliding_window").unwrap_or(0);
+        Ok(Config {
+            family,
+            n_layer: u("block_count")?,
+            n_embd,
+            n_head,
+            n_head_kv: u("attention.head_count_kv").unwrap_or(n_head),
+            head_dim,
+            eps: fv("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            rope_base: fv("rope.freq_base").unwrap_or(10_000.0),
+            rope_base_swa: fv("rope.freq_base_swa").unwrap_or(10_000.0),
+            swa_pattern: if family == Family::Gemma3 && swa > 0 {
+                h.arch_u64("attention.sliding_window_pattern").unwrap_or(6) as usize
+            } else {
+                0
+            },
+        })
+    }
+
+    fn rope_base_of(&self, layer: usize) -> f64 {
+        if self.swa_pattern > 0 && layer % self.swa_pattern < self.swa_pattern - 1 {
+            self.rope_base_swa
+        } else {
+            self.rope_base
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    q: Frozen,
+    k: Frozen,
+    v: Frozen,
+    o: Frozen,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    post_attn_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    gate: Frozen,
+    up: Frozen,
+    down: Frozen,
+    post_ffn_norm: Option<Tensor>,
+}
+
+/// Per weight matrix: the sum of squared inputs per column, and how many rows were summed.
+type Power = BTreeMap<String, (Vec<f64>, usize)>;
+
+/// The frozen model.
+pub struct Student {
+    cfg: Config,
+    embd: Tensor,
+    layers: Vec<Layer>,
+    out_norm: Tensor,
+    head: Frozen,
+    /// when set, the inputs of every adapted matrix are summed here (importance weights)
+    record: Mutex<Option<Power>>,
+    /// quantization-aware training: an adapted matrix as it will be stored, `Q(W + B·A)`
+    quantized: RwLock<BTreeMap<String, Frozen>>,
+}
+
+/// Dequantize tensor `name` of `f` into a candle tensor of the given shape.
+fn load(f: &GgufFile, name: &str, shape: &[usize]) -> Result<Tensor> {
+    let info = f
+        .header()
+        .tensor(name)
+        .with_context(|| format!("the model has no tensor {name}"))?;
+    let want: usize = shape.iter().product();
+    if info.n_elements() as usize != want {
+        bail!("{name} has {} values, expected {want}", info.n_elements());
+    }
+    let v = dequantize(info.ggml_type, f.tensor_data(info), info.n_elements())
+        .with_context(|| format!("cannot dequantize {name}"))?;
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+impl Student {
+    /// Load every weight of `f`, dequantized to f32.
+    pub fn load(f: &GgufFile) -> Result<Student> {
+        let cfg = Config::from_file(f)?;
+        let d = cfg.n_embd;
+        let h = f.header();
+        let n_vocab = h
+            .tensor("token_embd.weight")
+            .context("the model has no token_embd.weight")?
+            .n_rows() as usize;
+        let n_ff = h
+            .arch_u64("feed_forward_length")
+            .context("no feed_forward_length")? as usize;
+        let (nq, nkv) = (cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim);
+        let embd = load(f, "token_embd.weight", &[n_vocab, d])?;
+        let head = match h.tensor("output.weight") {
+            Some(_) => load(f, "output.weight", &[n_vocab, d])?,
+            None => embd.clone(),
+        };
+        let gemma = cfg.family == Family::Gemma3;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for l in 0..cfg.n_layer {
+            let t = |k: &str| format!("blk.{l}.{k}.weight");
+            let opt = |k: &str, n: usize| -> Result<Option<Tensor>> {
+                if gemma {
+                    Ok(Some(load(f, &t(k), &[n])?))
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(Layer {
+                attn_norm: load(f, &t("attn_norm"), &[d])?,
+                q: Frozen::new(load(f, &t("attn_q"), &[nq, d])?),
+                k: Frozen::new(load(f, &t("attn_k"), &[nkv, d])?),
+                v: Frozen::new(load(f, &t("attn_v"), &[nkv, d])?),
+                o: Frozen::new(load(f, &t("attn_output"), &[d, nq])?),
+                q_norm: opt("attn_q_norm", cfg.head_dim)?,
+                k_norm: opt("attn_k_norm", cfg.head_dim)?,
+                post_attn_norm: opt("post_attention_norm", d)?,
+                ffn_norm: load(f, &t("ffn_norm"), &[d])?,
+                gate: Frozen::new(load(f, &t("ffn_gate"), &[n_ff, d])?),
+                up: Frozen::new(load(f, &t("ffn_up"), &[n_ff, d])?),
+                down: Frozen::new(load(f, &t("ffn_down"), &[d, n_ff])?),
+                post_ffn_norm: opt("post_ffw_norm", d)?,
+            });
+        }
+        Ok(Student {
+            out_norm: load(f, "output_norm.weight", &[d])?,
+            cfg,
+            embd,
+            layers,
+            head: Frozen::new(head),
+            record: Mutex::new(None),
+            quantized: RwLock::new(BTreeMap::new()),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// `(n_out, n_in)` of the weight matrix `blk.{layer}.{kind}.weight`.
+    pub fn matrix_shape(&self, layer: usize, kind: &str) -> Result<(usize, usize)> {
+        Ok(self.matrix(layer, kind)?.weight().dims2()?)
+    }
+
+    /// Use `w` (`Q(W + B·A)`, dequantized) for the adapted matrix `name` in the forward pass,
+    /// with the adapter's gradient passed straight through (quantization-aware training).
+    pub fn set_quantized(&self, name: &str, w: Tensor) {
+        self.quantized
+            .write()
+            .expect("not poisoned")
+            .insert(name.to_string(), Frozen::new(w));
+    }
+
+    /// The dequantized original of the weight matrix `blk.{layer}.{kind}.weight`.
+    pub fn original(&self, layer: usize, kind: &str) -> Result<&Tensor> {
+        Ok(self.matrix(layer, kind)?.weight())
+    }
+
+    fn matrix(&self, layer: usize, kind: &str) -> Result<&Frozen> {
+        let l = self.layers.get(layer).context("no such layer")?;
+        Ok(match kind {
+            "attn_q" => &l.q,
+            "attn_k" => &l.k,
+            "attn_v" => &l.v,
+            "attn_output" => &l.o,
+            "ffn_gate" => &l.gate,
+            "ffn_up" => &l.up,
+            "ffn_down" => &l.down,
+            _ => bail!("no weight matrix {kind}"),
+        })
+    }
+
+    /// Logits at the flattened positions `out_idx` (indices into `batch × seq`) of the padded
+    /// token matrix `tokens` (`batch × seq`, u32), with the adapters of `lora` applied.
+    /// Each row attends to its own earlier tokens only, so right padding changes nothing.
+    pub fn logits(&self, tokens: &Tensor, out_idx: &Tensor, lora: &LoraSet) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let d = self.cfg.n_embd;
+        let mut x = self
+            .embd
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, t, d))?;
+        if self.cfg.family == Family::Gemma3 {
+            x = (x * (d as f64).sqrt())?;
+        }
+        let mask = causal_mask(t)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            x = self.block(l, layer, &x, &mask, lora)?;
+        }
+        let h = x.reshape((b * t, d))?.index_select(out_idx, 0)?;
+        let h = rms_norm(&h, &self.out_norm, self.cfg.eps)?;
+        Ok(self.head.forward(&h)?)
+    }
+
+    fn linear(
+        &self,
+        w: &Frozen,
+        l: usize,
+        kind: &str,
+        x: &Tensor,
+        lora: &LoraSet,
+    ) -> Result<Tensor> {
+        let name = format!("blk.{l}.{kind}.weight");
+        let Some(dy) = lora.apply(&name, x)? else {
+            return Ok(w.forward(x)?);
+        };
+        self.observe(&name, x)?;
+        let q = self
+            .quantized
+            .read()
+            .expect("not poisoned")
+            .get(&name)
+            .cloned();
+        match q {
+            // Value x·Q(W+BA)ᵀ, gradient of x·(W+BA)ᵀ (straight-through).
+            Some(wq) => Ok((wq.forward(x)? + (&dy - dy.detach())?)?),
+            None => Ok((w.forward(x)? + dy)?),
+        }
+    }
+
+    /// Start summing the squared inputs of adapted matrices (see [`Student::take_importance`]).
+    pub fn record_importance(&self) {
+        *self.record.lock().expect("not poisoned") = Some(Power::new());
+    }
+
+    /// Stop recording and return, per adapted matrix, the mean squared input per column: the
+    /// importance weights ggml's quantizer takes (what llama.cpp's imatrix tool computes).
+    pub fn take_importance(&self) -> BTreeMap<String, Vec<f32>> {
+        let got = self
+            .record
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .unwrap_or_default();
+        got.into_iter()
+            .map(|(k, (sum, n))| {
+                (
+                    k,
+                    sum.iter().map(|s| (s / n.max(1) as f64) as f32).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn observe(&self, name: &str, x: &Tensor) -> Result<()> {
+        let mut guard = self.record.lock().expect("not poisoned");
+        let Some(power) = guard.as_mut() else {
+            return Ok(());
+        };
+        let n_in = x.dim(D::Minus1)?;
+        let rows = x.elem_count() / n_in;
+        let sq = x
+            .detach()
+            .reshape((rows, n_in))?
+            .sqr()?
+            .sum(0)?
+            .to_vec1::<f32>()?;
+        let e = power
+            .entry(name.to_string())
+            .or_insert_with(|| (vec![0.0; n_in], 0));
+        for (a, b) in e.0.iter_mut().zip(sq) {
+            *a += f64::from(b);
+        }
+        e.1 += rows;
+        Ok(())
+    }
+
+    fn block(
+        &self,
+        l: usize,
+        ly: &Layer,
+        x: &Tensor,
+        mask: &Tensor,
+        lora: &LoraSet,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (b, t, _) = x.dims3()?;
+        let hd = c.head_dim;
+        let gemma = c.family == Family::Gemma3;
+        let h = rms_norm(x, &ly.attn_norm, c.eps)?;
+        let q = self
+            .linear(&ly.q, l, "attn_q", &h, lora)?
+            .reshape((b, t, c.n_head, hd))?;
+        let k = self
+            .linear(&ly.k, l, "attn_k", &h, lora)?
+            .reshape((b, t, c.n_head_kv, hd))?;
+        let v = self
+            .linear(&ly.v, l, "attn_v", &h, lora)?
+            .reshape((b, t, c.n_head_kv, hd))?;
+        let (q, k) = match (&ly.q_norm, &ly.k_norm) {
+            (Some(qn), Some(kn)) => (rms_norm(&q, qn, c.eps)?, rms_norm(&k, kn, c.eps)?),
+            _ => (q, k),
+        };
+        let q = q.transpose(1, 2)?.contiguous()?; // b, heads, t, hd
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (cos, sin) = rope_tables(t, hd, c.rope_base_of(l))?;
+        let (q, k) = if gemma {
+            (rope_neox(&q, &cos, &sin)?, rope_neox(&k, &cos, &sin)?)
+        } else {
+            (rope_pairs(&q, &cos, &sin)?, rope_pairs(&k, &cos, &sin)?)
+        };
+        let rep = c.n_head / c.n_head_kv;
+        let k = repeat_kv(&k, rep)?;
+        let v = repeat_kv(&v, rep)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let p = softmax_last(&scores)?;
+        let a = p
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, c.n_head * hd))?;
+        let mut a = self.linear(&ly.o, l, "attn_output", &a, lora)?;
+        if let Some(n) = &ly.post_attn_norm {
+            a = rms_norm(&a, n, c.eps)?;
+        }
+        let x = (x + a)?;
+        let h = rms_norm(&x, &ly.ffn_norm, c.eps)?;
+        let g = self.linear(&ly.gate, l, "ffn_gate", &h, lora)?;
+        let g = if gemma { g.gelu()? } else { g.silu()? };
+        let u = self.linear(&ly.up, l, "ffn_up", &h, lora)?;
+        let mut m = self.linear(&ly.down, l, "ffn_down", &(g * u)?, lora)?;
+        if let Some(n) = &ly.post_ffn_norm {
+            m = rms_norm(&m, n, c.eps)?;
+        }
+        Ok((x + m)?)
+    }
+}
+
+/// `x / √(mean(x²) + ε) · w` over the last dimension.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+}
+
+/// Softmax over the last dimension from differentiable primitives.
+fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// `0` on and below the diagonal, `−∞` above: `(t, t)`.
+fn causal_mask(t: usize) -> candle_core::Result<Tensor> {
+    let v: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(v, (t, t), &Device::Cpu)
+}
+
+/// cos and sin of `pos · base^(−2i/hd)`: `(t, hd/2)` each.
+fn rope_tables(t: usize, hd: usize, base: f64) -> candle_core::Result<(Tensor, Tensor)> {
+    let half = hd / 2;
+    let mut cos = Vec::with_capacity(t * half);
+    let mut sin = Vec::with_capacity(t * half);
+    for p in 0..t {
+        for i in 0..half {
+            let theta = p as f64 * base.powf(-2.0 * i as f64 / hd as f64);
+            cos.push(theta.cos() as f32);
+            sin.push(theta.sin() as f32);
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (t, half), &Device::Cpu)?,
+        Tensor::from_vec(sin, (t, half), &Device::Cpu)?,
+    ))
+}
+
+/// RoPE on adjacent pairs `(x[2i], x[2i+1])` (llama.cpp's normal mode); `x`: `(b, h, t, hd)`.
+fn rope_pairs(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, t, hd) = x.dims4()?;
+    let x = x.reshape((b, h, t, hd / 2, 2))?;
+    let x0 = x.narrow(4, 0, 1)?;
+    let x1 = x.narrow(4, 1, 1)?;
+    let c = cos.reshape((t, hd / 2, 1))?;
+    let s = sin.reshape((t, hd / 2, 1))?;
+    let r0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
+    let r1 = (x0.broadcast_mul(&s)? + x1.broadcast_mul(&c)?)?;
+    Tensor::cat(&[r0, r1], 4)?.reshape((b, h, t, hd))
+}
+
+/// RoPE on halves `(x[i], x[i + hd/2])` (NeoX mode); `x`: `(b, h, t, hd)`.
+fn rope_neox(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let hd = x.dim(3)?;
+    let x0 = x.narrow(3, 0, hd / 2)?;
+    let x1 = x.narrow(3, hd / 2, hd / 2)?;
+    let r0 = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
+    let r1 = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
+    Tensor::cat(&[r0, r1], 3)
+}
+
+/// Repeat each KV head `rep` times: `(b, kv, t, hd)` → `(b, kv·rep, t, hd)`.
+fn repeat_kv(x: &Tensor, rep: usize) -> candle_core::Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, hd) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv, rep, t, hd))?
+        .contiguous()?
+        .reshape((b, kv * rep, t, hd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_pairs_rotates_each_pair_by_its_angle() -> candle_core::Result<()> {
+        // One head of size 4 at position 1, base 1: pair 0 turns by 1 rad, pair 1 by 1^(-1/2)=1.
+        let x = Tensor::new(&[1f32, 0., 0., 1.], &Device::Cpu)?.reshape((1, 1, 1, 4))?;
+        let (cos, sin) = rope_tables(2, 4, 1.0)?;
+        let pos1 = (cos.narrow(0, 1, 1)?, sin.narrow(0, 1, 1)?);
+        let y = rope_pairs(&x, &pos1.0, &pos1.1)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let (c, s) = (1f32.cos(), 1f32.sin());
+        let want = [c, s, -s, c];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{y:?} vs {want:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_under_the_mask() -> candle_core::Result<()> {
+        let m = causal_mask(3)?;
+        let s = softmax_last(
+            &Tensor::zeros((3, 3), candle_core::DType::F32, &Device::Cpu)?.broadcast_add(&m)?,
+        )?;
+        let v = s.to_vec2::<f32>()?;
+        assert_eq!(v[0], vec![1.0, 0.0, 0.0]);
+        assert!((v[2][0] - 1.0 / 3.0).abs() < 1e-6);
+        Ok(())
+    }
+}

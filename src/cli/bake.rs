@@ -1,0 +1,294 @@
+//! `gguf-sleep bake`: arguments, progress and the closing summary.
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+use gguf_sleep::bake::{
+    self, BakeEmit, BakeOptions, BakeReport, Init, Targets, TeacherOptions, TrainOptions,
+};
+use gguf_sleep::patch::EditType;
+use gguf_sleep::{eval, material};
+
+/// `bake` arguments.
+#[derive(Args)]
+pub struct BakeArgs {
+    /// the .gguf model (left untouched)
+    model: PathBuf,
+    /// the system prompt to bake in
+    #[arg(
+        long,
+        conflicts_with = "prompt_file",
+        required_unless_present = "prompt_file"
+    )]
+    prompt: Option<String>,
+    /// read the system prompt from a file
+    #[arg(long, value_name = "FILE")]
+    prompt_file: Option<PathBuf>,
+    /// where to write the baked model (or the adapter, with --emit lora)
+    #[arg(short, long)]
+    output: PathBuf,
+    /// optimizer steps
+    #[arg(long, default_value_t = 60)]
+    steps: usize,
+    /// adapter rank
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Adam learning rate (decays linearly to a tenth)
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// trajectories per step
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// replies sampled from the prompted model per calibration question
+    #[arg(long, default_value_t = 2)]
+    trajectories: usize,
+    /// sampling temperature of the teacher's replies
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// projections that get adapters: attn (q, k, v, output), mlp (gate, up, down), all
+    #[arg(long, value_enum, default_value_t = TargetsArg::All)]
+    targets: TargetsArg,
+    /// start from zero adapters, or from the training-free patch (method down) on ffn_down
+    #[arg(long, value_enum, default_value_t = InitArg::None)]
+    init: InitArg,
+    /// --init patch: rank the patch is truncated to
+    #[arg(long, default_value_t = 64)]
+    init_rank: usize,
+    /// scale of the trained adapter; 0 writes the model unchanged
+    #[arg(long, default_value_t = 1.0)]
+    strength: f32,
+    /// what to write: merged (the baked model, requantized) or lora (an adapter for --lora)
+    #[arg(long, value_enum, default_value_t = EmitArg::Merged)]
+    emit: EmitArg,
+    /// storage of merged matrices: same (requantize to the original type), q8_0, f16, f32
+    #[arg(long, value_enum, default_value_t = EditTypeArg::Same)]
+    edit_type: EditTypeArg,
+    /// calibration questions, one per line (default: the built-in set, as for patch)
+    #[arg(long, value_name = "FILE")]
+    calib: Option<PathBuf>,
+    /// use only the first N calibration questions
+    #[arg(long, value_name = "N")]
+    calib_size: Option<usize>,
+    /// most reply tokens per trajectory
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// teacher log-probabilities kept per position (the rest is one tail bucket)
+    #[arg(long, default_value_t = 256)]
+    top_k: usize,
+    /// validate every N steps
+    #[arg(long, default_value_t = 10)]
+    eval_every: usize,
+    /// quantization-aware training from this step on (merged output): the student runs the
+    /// adapted matrices requantized as they will be stored [default: two thirds of --steps]
+    #[arg(long, value_name = "STEP", conflicts_with = "no_qat")]
+    qat_from: Option<usize>,
+    /// train in full precision to the end (the merged output is requantized only when written)
+    #[arg(long)]
+    no_qat: bool,
+    /// refresh the requantized matrices every N steps during quantization-aware training
+    #[arg(long, default_value_t = 5)]
+    qat_every: usize,
+    /// seed for sampling, initialisation and shuffling
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// also write the trained adapter (as --emit lora would) to this file
+    #[arg(long, value_name = "FILE")]
+    save_adapter: Option<PathBuf>,
+    /// print the summary as JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TargetsArg {
+    Attn,
+    Mlp,
+    All,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum InitArg {
+    None,
+    Patch,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EmitArg {
+    Merged,
+    Lora,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EditTypeArg {
+    Same,
+    #[value(name = "q8_0")]
+    Q8_0,
+    F16,
+    F32,
+}
+
+/// Run `bake`.
+pub fn run(a: BakeArgs) -> Result<()> {
+    let system = match (&a.prompt, &a.prompt_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => crate::read_text(f, "prompt")?,
+        _ => bail!("give the system prompt with --prompt TEXT or --prompt-file FILE"),
+    };
+    let system = system.trim_end_matches('\n').to_string();
+    let mut questions = match &a.calib {
+        Some(f) => eval::lines(&crate::read_text(f, "calibration")?),
+        None => material::default_questions(),
+    };
+    if let Some(n) = a.calib_size {
+        questions.truncate(n);
+    }
+    if questions.is_empty() {
+        bail!("the calibration file has no questions");
+    }
+    if !a.strength.is_finite() || !a.lr.is_finite() || a.lr <= 0.0 {
+        bail!("--strength must be finite and --lr a positive number");
+    }
+    if a.top_k == 0 || a.trajectories == 0 {
+        bail!("--top-k and --trajectories must be at least 1");
+    }
+    let opts = BakeOptions {
+        questions,
+        teacher: TeacherOptions {
+            per_question: a.trajectories,
+            temperature: a.temperature,
+            max_tokens: a.max_tokens,
+            seed: a.seed,
+            top_k: a.top_k,
+        },
+        train: TrainOptions {
+            steps: a.steps,
+            batch: a.batch,
+            lr: a.lr,
+            eval_every: a.eval_every,
+            seed: a.seed,
+            qat_from: match (a.no_qat, a.qat_from) {
+                (true, _) => None,
+                (false, Some(f)) => Some(f),
+                (false, None) => Some(a.steps * 2 / 3),
+            },
+            qat_every: a.qat_every,
+        },
+        rank: a.rank,
+        targets: match a.targets {
+            TargetsArg::Attn => Targets::Attn,
+            TargetsArg::Mlp => Targets::Mlp,
+            TargetsArg::All => Targets::All,
+        },
+        init: match a.init {
+            InitArg::None => Init::None,
+            InitArg::Patch => Init::Patch(a.init_rank.max(1)),
+        },
+        strength: a.strength,
+        emit: match a.emit {
+            EmitArg::Merged => BakeEmit::Merged,
+            EmitArg::Lora => BakeEmit::Lora,
+        },
+        edit_type: match a.edit_type {
+            EditTypeArg::Same => EditType::Same,
+            EditTypeArg::Q8_0 => EditType::Q8_0,
+            EditTypeArg::F16 => EditType::F16,
+            EditTypeArg::F32 => EditType::F32,
+        },
+        max_val: 16,
+        save_adapter: a.save_adapter.clone(),
+    };
+    let mut pb: Option<(String, ProgressBar)> = None;
+    let report = bake::bake(
+        &a.model,
+        &a.output,
+        &system,
+        &opts,
+        &mut |phase, done, total, loss| {
+            if pb.as_ref().map(|(p, _)| p.as_str()) != Some(phase) {
+                if let Some((_, b)) = pb.take() {
+                    b.finish_and_clear();
+                }
+                let b = if phase == "train" {
+                    let b = ProgressBar::new(total as u64);
+                    b.set_style(
+                        ProgressStyle::with_template(
+                            "     train [{bar:30}] step {pos}/{len} {msg} {elapsed}",
+                        )
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                    );
+                    b
+                } else {
+                    crate::bar(total, phase)
+                };
+                pb = Some((phase.to_string(), b));
+            }
+            if let Some((_, b)) = &pb {
+                b.set_position(done as u64);
+                if let Some(l) = loss {
+                    b.set_message(format!("loss {l:.4}"));
+                }
+            }
+        },
+    )?;
+    if let Some((_, b)) = pb.take() {
+        b.finish_and_clear();
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        summary(&report, a.emit == EmitArg::Lora);
+    }
+    Ok(())
+}
+
+fn summary(r: &BakeReport, adapter: bool) {
+    println!(
+        "{} {} ({} bytes)",
+        if adapter { "wrote adapter" } else { "baked" },
+        r.output.display(),
+        r.bytes
+    );
+    println!(
+        "teacher: {} questions, {} trajectories ({} reply tokens) to train on, {} to validate; \
+         mean tail mass beyond top-k {:.4}",
+        r.questions, r.train_trajectories, r.train_tokens, r.val_trajectories, r.mean_tail_mass
+    );
+    if let Some(e) = r.init_retained_energy {
+        println!(
+            "warm start: the patch's rank keeps at least {:.1}% of every change's energy",
+            100.0 * e
+        );
+    }
+    println!(
+        "{} trainable parameters; validation KL of the unmodified model {:.4}",
+        r.params, r.val_kl_base
+    );
+    println!("  step   elapsed   train KL   val KL   val recovery");
+    for p in &r.curve {
+        println!(
+            "  {:>4}  {:>7.1}s   {:>8.4}   {:>6.4}   {:>6.3}",
+            p.step, p.elapsed_s, p.train_kl, p.val_kl, p.val_recovery
+        );
+    }
+    match r.steps_to_0_9 {
+        Some(s) => println!("validation recovery reached 0.9 at step {s}"),
+        None => println!("validation recovery did not reach 0.9"),
+    }
+    if !r.tensors.is_empty() {
+        let mean_cos = r.tensors.iter().map(|t| t.stored_cos).sum::<f64>() / r.tensors.len() as f64;
+        println!(
+            "{} tensors requantized; mean cosine of the stored change against the adapter's {:.2}",
+            r.tensors.len(),
+            mean_cos
+        );
+    }
+    let phases: Vec<String> = r
+        .phases
+        .iter()
+        .map(|(p, s)| format!("{p} {s:.1}s"))
+        .collect();
+    println!("time: {}", phases.join(", "));
+}

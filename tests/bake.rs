@@ -1,0 +1,336 @@
+//! `bake` on the real models through the command line: strength 0 is the identity, an exported
+//! adapter loads in llama.cpp, changes the output and matches the student, merged output edits
+//! only the adapted matrices and records its provenance, bad input is a one-line error.
+
+mod util;
+
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+use gguf_sleep::bake::{lora, student::Student};
+use gguf_sleep::chat::ChatFormat;
+use gguf_sleep::convo::prompt_tokens;
+use gguf_sleep::engine::{Context, ContextOptions, Model};
+use gguf_sleep::eval::{kl, log_softmax, logprobs_at};
+
+const PROMPT: &str = "You are Captain Byte, a pirate robot. Always talk like a pirate.";
+
+fn run(args: &[&str]) -> (String, String, bool) {
+    let out = Command::new(util::bin()).args(args).output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+        out.status.success(),
+    )
+}
+
+/// A small, fast bake of `model` into `out`; returns the JSON summary.
+fn bake(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "bake",
+        model.to_str().unwrap(),
+        "--prompt",
+        PROMPT,
+        "-o",
+        out.to_str().unwrap(),
+        "--calib-size",
+        "10",
+        "--trajectories",
+        "1",
+        "--max-tokens",
+        "24",
+        "--batch",
+        "4",
+        "--rank",
+        "4",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (stdout, stderr, ok) = run(&args);
+    assert!(ok, "bake {extra:?} failed: {stderr}");
+    serde_json::from_str(&stdout).expect("bake --json prints one JSON object")
+}
+
+fn greedy(model: &Path) -> String {
+    let (out, err, ok) = run(&[
+        "generate",
+        model.to_str().unwrap(),
+        "--user",
+        "Who are you and what do you like?",
+        "--max-tokens",
+        "24",
+    ]);
+    assert!(ok, "generate failed: {err}");
+    out
+}
+
+/// Teacher-forced log-probabilities of a fixed unprompted exchange, through llama.cpp, with an
+/// optional adapter.
+fn llama_logprobs(model: &Path, adapter: Option<&Path>) -> (Vec<i32>, Vec<Vec<f32>>) {
+    let m = Model::load(model).unwrap();
+    let fmt = ChatFormat::for_model(&m).unwrap();
+    let mut t = prompt_tokens(&m, &fmt, None, "What do you do on a rainy day?").unwrap();
+    t.extend(
+        m.tokenize(
+            "I read a book and drink some tea by the window.",
+            false,
+            false,
+        )
+        .unwrap(),
+    );
+    let a = adapter.map(|p| m.load_lora(p).unwrap());
+    let mut ctx = Context::new(
+        &m,
+        &ContextOptions {
+            n_ctx: 256,
+            n_batch: 256,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    if let Some(a) = &a {
+        ctx.set_lora(a, 1.0).unwrap();
+    }
+    let n = t.len() - 1;
+    let lp = logprobs_at(&mut ctx, &t, n).unwrap();
+    (t, lp)
+}
+
+fn mean_kl(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| kl(x, y)).sum::<f64>() / a.len() as f64
+}
+
+#[test]
+fn strength_zero_is_the_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let out = dir.path().join("zero.gguf");
+    let s = bake(&m, &out, &["--steps", "1", "--strength", "0"]);
+    assert_eq!(
+        s["tensors"].as_array().unwrap().len(),
+        0,
+        "strength 0 stored tensors"
+    );
+    let (a, b) = (
+        gguf::GgufFile::open(&m).unwrap(),
+        gguf::GgufFile::open(&out).unwrap(),
+    );
+    for t in &a.header().tensors {
+        assert_eq!(
+            a.tensor_bytes(&t.name),
+            b.tensor_bytes(&t.name),
+            "{} changed",
+            t.name
+        );
+    }
+    assert_eq!(greedy(&m), greedy(&out), "strength 0 changed greedy output");
+    assert_eq!(b.header().metadata.get_str("sleep.method"), Some("bake"));
+}
+
+#[test]
+fn exported_adapter_loads_in_llama_cpp_changes_the_output_and_matches_the_student() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let out = dir.path().join("a.lora.gguf");
+    let s = bake(
+        &m,
+        &out,
+        &[
+            "--steps",
+            "3",
+            "--lr",
+            "1e-2",
+            "--emit",
+            "lora",
+            "--targets",
+            "mlp",
+        ],
+    );
+    let curve = s["curve"].as_array().unwrap();
+    let (first, last) = (&curve[0]["val_kl"], &curve[curve.len() - 1]["val_kl"]);
+    assert!(
+        last.as_f64() < first.as_f64(),
+        "training did not lower the validation KL: {s}"
+    );
+    let f = gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(f.header().metadata.get_str("general.type"), Some("adapter"));
+    assert_eq!(
+        f.header().tensors.len(),
+        2 * 3 * 30,
+        "a/b for gate, up, down of 30 layers"
+    );
+
+    let (tokens, base) = llama_logprobs(&m, None);
+    let (_, adapted) = llama_logprobs(&m, Some(&out));
+    let change = mean_kl(&base, &adapted);
+    assert!(
+        change > 1e-3,
+        "the adapter changes nothing in llama.cpp: KL {change}"
+    );
+
+    // The student with the same adapter predicts what llama.cpp predicts with it.
+    let set = lora::read_adapter(&out).unwrap();
+    let student = Student::load(&gguf::GgufFile::open(&m).unwrap()).unwrap();
+    let n = tokens.len() - 1;
+    let t = Tensor::from_vec(
+        tokens.iter().map(|&x| x as u32).collect::<Vec<_>>(),
+        (1, tokens.len()),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let idx = Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
+    let rows = student
+        .logits(&t, &idx, &set)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let ours: Vec<Vec<f32>> = rows.iter().map(|r| log_softmax(r)).collect();
+    let gap = mean_kl(&adapted, &ours);
+    eprintln!("adapter: KL(base ‖ adapted) {change:.4}, KL(llama.cpp ‖ student) {gap:.5}");
+    assert!(
+        gap < 0.01 && gap < change / 3.0,
+        "student and llama.cpp disagree: {gap} (change {change})"
+    );
+}
+
+#[test]
+fn merged_bake_edits_only_adapted_matrices_records_provenance_and_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let out = dir.path().join("b.gguf");
+    let s = bake(
+        &m,
+        &out,
+        &[
+            "--steps",
+            "2",
+            "--lr",
+            "1e-2",
+            "--targets",
+            "attn",
+            "--qat-from",
+            "1",
+            "--qat-every",
+            "1",
+        ],
+    );
+    assert!(s["tensors"].as_array().unwrap().len() > 0);
+    let (a, b) = (
+        gguf::GgufFile::open(&m).unwrap(),
+        gguf::GgufFile::open(&out).unwrap(),
+    );
+    let mut changed = 0;
+    for t in &a.header().tensors {
+        if a.tensor_bytes(&t.name) != b.tensor_bytes(&t.name) {
+            changed += 1;
+            let kind = t.name.split('.').nth(2).unwrap_or("");
+            assert!(
+                ["attn_q", "attn_k", "attn_v", "attn_output"].contains(&kind),
+                "{} changed but has no adapter",
+                t.name
+            );
+            assert_eq!(
+                b.header().tensor(&t.name).unwrap().ggml_type,
+                t.ggml_type,
+                "{} changed type",
+                t.name
+            );
+        }
+    }
+    assert!(changed > 0, "nothing changed");
+    let meta = &b.header().metadata;
+    assert_eq!(meta.get_str("sleep.method"), Some("bake"));
+    assert!(meta.get_str("sleep.bake").unwrap().contains("targets=attn"));
+    assert_eq!(meta.get_str("sleep.prompt_sha256").map(str::len), Some(64));
+    assert!(!greedy(&out).trim().is_empty());
+}
+
+#[test]
+fn gemma3_bakes_and_the_adapter_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::gemma3();
+    let out = dir.path().join("g.lora.gguf");
+    let s = bake(
+        &m,
+        &out,
+        &[
+            "--steps",
+            "2",
+            "--lr",
+            "1e-2",
+            "--emit",
+            "lora",
+            "--targets",
+            "mlp",
+            "--top-k",
+            "64",
+        ],
+    );
+    let curve = s["curve"].as_array().unwrap();
+    assert!(
+        curve[curve.len() - 1]["val_kl"].as_f64() < curve[0]["val_kl"].as_f64(),
+        "{s}"
+    );
+    let (_, base) = llama_logprobs(&m, None);
+    let (_, adapted) = llama_logprobs(&m, Some(&out));
+    assert!(
+        mean_kl(&base, &adapted) > 1e-4,
+        "the adapter changes nothing"
+    );
+}
+
+fn assert_one_line_error(args: &[&str], needle: &str) {
+    let (_, err, ok) = run(args);
+    assert!(!ok, "{args:?} succeeded");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
+}
+
+#[test]
+fn bad_input_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let ms = m.to_str().unwrap();
+    let out = dir.path().join("o.gguf");
+    let os = out.to_str().unwrap();
+    assert_one_line_error(&["bake", ms, "--prompt", "  ", "-o", os], "empty");
+    let long = "Always answer like a pirate. ".repeat(2000);
+    assert_one_line_error(&["bake", ms, "--prompt", &long, "-o", os], "context");
+    assert_one_line_error(&["bake", ms, "--prompt", PROMPT, "-o", ms], "input");
+    assert_one_line_error(
+        &["bake", ms, "--prompt", PROMPT, "-o", os, "--rank", "0"],
+        "rank",
+    );
+    let src = gguf::GgufFile::open(&m).unwrap();
+    let alien = dir.path().join("alien.gguf");
+    let mut edits = gguf::Edits::new();
+    edits.set_metadata("general.architecture", "alien");
+    gguf::write(&src, &edits, &alien, &gguf::WriteOptions::default()).unwrap();
+    assert_one_line_error(
+        &[
+            "bake",
+            alien.to_str().unwrap(),
+            "--prompt",
+            PROMPT,
+            "-o",
+            os,
+        ],
+        "architecture",
+    );
+    let truncated = dir.path().join("cut.gguf");
+    std::fs::write(&truncated, &std::fs::read(&m).unwrap()[..4096]).unwrap();
+    assert_one_line_error(
+        &[
+            "bake",
+            truncated.to_str().unwrap(),
+            "--prompt",
+            PROMPT,
+            "-o",
+            os,
+        ],
+        "",
+    );
+    assert!(!out.exists(), "a failed bake left an output file");
+}

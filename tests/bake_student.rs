@@ -1,0 +1,148 @@
+//! The bake student against llama.cpp on the real models: with zero adapters its next-token
+//! distribution matches llama.cpp's on the same tokens, and one training step lowers the loss.
+
+mod util;
+
+use candle_core::{Device, Tensor};
+use gguf_sleep::bake::{lora::LoraSet, student::Student, teacher, train};
+use gguf_sleep::chat::ChatFormat;
+use gguf_sleep::convo::prompt_tokens;
+use gguf_sleep::engine::{Context, ContextOptions, Model};
+use gguf_sleep::eval::{kl, log_softmax, logprobs_at};
+
+const SYSTEM: &str = "You are Captain Byte, a pirate robot. Always talk like a pirate.";
+const REPLY: &str =
+    "Arr, I be Captain Byte, a robot of the seven seas! What be yer question, matey?";
+
+/// A conversation rendered as at inference, with a reply: tokens and the reply length.
+fn conversation(model: &Model, system: Option<&str>) -> (Vec<i32>, usize) {
+    let fmt = ChatFormat::for_model(model).unwrap();
+    let mut t = prompt_tokens(model, &fmt, system, "Who are you and what do you like?").unwrap();
+    let reply = model.tokenize(REPLY, false, false).unwrap();
+    t.extend_from_slice(&reply);
+    (t, reply.len())
+}
+
+/// Mean per-token KL(llama.cpp ‖ student) over every position of one conversation.
+fn consistency(path: &std::path::Path) -> f64 {
+    let model = Model::load(path).unwrap();
+    let (tokens, _) = conversation(&model, Some(SYSTEM));
+    let n = tokens.len() - 1;
+    let mut ctx = Context::new(
+        &model,
+        &ContextOptions {
+            n_ctx: 512,
+            n_batch: 512,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let want = logprobs_at(&mut ctx, &tokens, n).unwrap();
+    let file = gguf::GgufFile::open(path).unwrap();
+    let student = Student::load(&file).unwrap();
+    let t = Tensor::from_vec(
+        tokens.iter().map(|&x| x as u32).collect::<Vec<_>>(),
+        (1, tokens.len()),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let idx = Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
+    let logits = student.logits(&t, &idx, &LoraSet::default()).unwrap();
+    let rows = logits.to_vec2::<f32>().unwrap();
+    let mut total = 0.0;
+    let mut agree = 0;
+    for (w, r) in want.iter().zip(&rows) {
+        let got = log_softmax(r);
+        total += kl(w, &got);
+        agree += (gguf_sleep::generate::argmax(w) == gguf_sleep::generate::argmax(&got)) as usize;
+    }
+    let mean = total / n as f64;
+    eprintln!(
+        "{}: mean KL(llama.cpp ‖ student) {mean:.5} over {n} tokens, top-1 agreement {agree}/{n}",
+        path.display()
+    );
+    mean
+}
+
+#[test]
+fn zero_adapter_student_matches_llama_cpp_on_smollm2() {
+    let v = consistency(&util::smollm2());
+    assert!(v <= 0.01, "mean KL {v} > 0.01");
+}
+
+#[test]
+fn zero_adapter_student_matches_llama_cpp_on_gemma3() {
+    let v = consistency(&util::gemma3());
+    assert!(v <= 0.01, "mean KL {v} > 0.01");
+}
+
+#[test]
+fn one_training_step_lowers_the_loss_on_a_fixed_batch() {
+    let path = util::smollm2();
+    let model = Model::load(&path).unwrap();
+    let (prompted, n) = conversation(&model, Some(SYSTEM));
+    let (unprompted, _) = conversation(&model, None);
+    let mut ctx = Context::new(
+        &model,
+        &ContextOptions {
+            n_ctx: 512,
+            n_batch: 512,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let lp = logprobs_at(&mut ctx, &prompted, n).unwrap();
+    let mut ex = teacher::Example {
+        question: "q".into(),
+        question_index: 0,
+        tokens: unprompted.iter().map(|&t| t as u32).collect(),
+        first: unprompted.len() - n - 1,
+        n,
+        ids: vec![],
+        logp: vec![],
+        tail: vec![],
+    };
+    for row in &lp {
+        let (i, v, t) = teacher::top_k(row, 32);
+        ex.ids.extend(i);
+        ex.logp.extend(v);
+        ex.tail.push(t);
+    }
+    let file = gguf::GgufFile::open(&path).unwrap();
+    let student = Student::load(&file).unwrap();
+    let mut lora = LoraSet::default();
+    for l in 0..student.config().n_layer {
+        let (o, i) = student.matrix_shape(l, "ffn_down").unwrap();
+        lora.add_fresh(&format!("blk.{l}.ffn_down.weight"), o, i, 4, l as u64)
+            .unwrap();
+    }
+    let examples = vec![ex];
+    let before = train::mean_kl(&student, &lora, &examples, 1).unwrap();
+    assert!(before > 0.05, "the prompt should matter: KL {before}");
+    let opts = train::TrainOptions {
+        steps: 1,
+        batch: 1,
+        lr: 1e-3,
+        eval_every: 1,
+        seed: 1,
+        qat_from: None,
+        qat_every: 1,
+    };
+    let curve = train::train(
+        &student,
+        &lora,
+        &examples,
+        &examples,
+        before,
+        &opts,
+        &mut || Ok(()),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let after = curve.last().unwrap().val_kl;
+    eprintln!("loss {before:.4} → {after:.4} after one step");
+    assert!(
+        after < before,
+        "one step did not lower the loss: {before} → {after}"
+    );
+}
