@@ -215,7 +215,7 @@ fn merged_bake_edits_only_adapted_matrices_records_provenance_and_generates() {
             "1",
         ],
     );
-    assert!(s["tensors"].as_array().unwrap().len() > 0);
+    assert!(!s["tensors"].as_array().unwrap().is_empty());
     let (a, b) = (
         gguf::GgufFile::open(&m).unwrap(),
         gguf::GgufFile::open(&out).unwrap(),

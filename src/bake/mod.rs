@@ -70,7 +70,8 @@ pub struct BakeOptions {
     pub edit_type: EditType,
     /// most validation trajectories
     pub max_val: usize,
-    /// also write the trained adapter here (with a merged output)
+    /// also write the adapter here (with a merged output): as trained in full precision, just
+    /// before quantization-aware training starts, or at the end without it
     pub save_adapter: Option<PathBuf>,
 }
 
@@ -209,6 +210,7 @@ pub fn bake(
     if opts.emit != BakeEmit::Merged {
         train_opts.qat_from = None; // an adapter is stored exactly
     }
+    let mut snapshot = opts.save_adapter.clone();
     let curve = train::train(
         &student,
         &lora,
@@ -216,7 +218,14 @@ pub fn bake(
         &val,
         val_base,
         &train_opts,
-        &mut || qat::refresh(&student, &lora, &src, opts.edit_type, &importance),
+        &mut || {
+            // The adapter as trained in full precision, before quantization-aware training
+            // bends it toward what survives rounding (as an adapter it would then overshoot).
+            if let Some(p) = snapshot.take() {
+                write_adapter(&src, &lora, opts.strength, &p)?;
+            }
+            qat::refresh(&student, &lora, &src, opts.edit_type, &importance)
+        },
         &mut |s, l| progress("train", s, steps, Some(l)),
     )?;
     phases.push(("train".to_string(), t.elapsed().as_secs_f64()));
@@ -224,7 +233,7 @@ pub fn bake(
 
     let t = Instant::now();
     progress("write", 0, 1, None);
-    if let Some(p) = &opts.save_adapter {
+    if let Some(p) = &snapshot {
         write_adapter(&src, &lora, opts.strength, p)?;
     }
     let (tensors, bytes) = match opts.emit {

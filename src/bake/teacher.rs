@@ -9,7 +9,6 @@ use anyhow::Result;
 use crate::chat::ChatFormat;
 use crate::convo::{align, prompt_tokens};
 use crate::engine::Model;
-use crate::eval::log_softmax;
 use crate::generate::{generate_observed, GenOptions};
 
 /// One trajectory, as the student sees it: the conversation rendered with no system prompt,
@@ -33,6 +32,9 @@ pub struct Example {
     /// log of the teacher's mass outside the top k, per position
     pub tail: Vec<f32>,
 }
+
+/// One position's top-k token ids, their log-probabilities, and the log of the tail mass.
+pub type TopK = (Vec<u32>, Vec<f32>, f32);
 
 /// Teacher settings.
 #[derive(Debug, Clone)]
@@ -76,7 +78,7 @@ pub fn trajectories(
     };
     let total = prompts.len();
     let mut done = 0;
-    let mut dists: Vec<Vec<(Vec<u32>, Vec<f32>, f32)>> = vec![Vec::new(); total];
+    let mut dists: Vec<Vec<TopK>> = vec![Vec::new(); total];
     let replies = generate_observed(
         model,
         &fmt,
@@ -86,7 +88,7 @@ pub fn trajectories(
             done += 1;
             progress("teacher", done, total);
         },
-        |s, logits| dists[s].push(top_k(&log_softmax(logits), opts.top_k)),
+        |s, logits| dists[s].push(top_k_of_logits(logits, opts.top_k)),
     )?;
     let mut out = Vec::with_capacity(total);
     for (((&qi, p), reply), dist) in index.iter().zip(&prompts).zip(replies).zip(dists) {
@@ -120,9 +122,25 @@ pub fn trajectories(
     Ok(out)
 }
 
+/// [`top_k`] straight from raw logits: only the log-normaliser is computed over the whole
+/// vocabulary (Gemma-3's has 262,144 entries), not a full log-softmax row.
+pub fn top_k_of_logits(logits: &[f32], k: usize) -> TopK {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max as f64
+        + logits
+            .iter()
+            .map(|&l| ((l - max) as f64).exp())
+            .sum::<f64>()
+            .ln();
+    let (ids, raw, _) = top_k(logits, k);
+    let vals: Vec<f32> = raw.iter().map(|&l| (l as f64 - lse) as f32).collect();
+    let kept: f64 = vals.iter().map(|&v| (v as f64).exp()).sum();
+    (ids, vals, (1.0 - kept).max(1e-12).ln() as f32)
+}
+
 /// The `k` most likely tokens of a log-probability row, their log-probabilities, and the log of
 /// the mass left outside them (clamped at 1e-12).
-pub fn top_k(logp: &[f32], k: usize) -> (Vec<u32>, Vec<f32>, f32) {
+pub fn top_k(logp: &[f32], k: usize) -> TopK {
     let k = k.min(logp.len());
     let mut idx: Vec<u32> = (0..logp.len() as u32).collect();
     if k < idx.len() {
@@ -148,5 +166,9 @@ mod tests {
         assert_eq!(ids, vec![0, 2]);
         assert!((vals[0].exp() - 0.5).abs() < 1e-6 && (vals[1].exp() - 0.3).abs() < 1e-6);
         assert!((tail.exp() - 0.2).abs() < 1e-6, "{}", tail.exp());
+        let logits: Vec<f32> = lp.iter().map(|v| v + 3.0).collect();
+        let (ids2, vals2, tail2) = top_k_of_logits(&logits, 2);
+        assert_eq!(ids2, ids);
+        assert!((vals2[0] - vals[0]).abs() < 1e-5 && (tail2 - tail).abs() < 1e-5);
     }
 }

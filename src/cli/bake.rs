@@ -30,7 +30,7 @@ pub struct BakeArgs {
     #[arg(short, long)]
     output: PathBuf,
     /// optimizer steps
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 48)]
     steps: usize,
     /// adapter rank
     #[arg(long, default_value_t = 8)]
@@ -42,7 +42,7 @@ pub struct BakeArgs {
     #[arg(long, default_value_t = 8)]
     batch: usize,
     /// replies sampled from the prompted model per calibration question
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     trajectories: usize,
     /// sampling temperature of the teacher's replies
     #[arg(long, default_value_t = 0.8)]
@@ -78,7 +78,7 @@ pub struct BakeArgs {
     #[arg(long, default_value_t = 256)]
     top_k: usize,
     /// validate every N steps
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 8)]
     eval_every: usize,
     /// quantization-aware training from this step on (merged output): the student runs the
     /// adapted matrices requantized as they will be stored [default: two thirds of --steps]
@@ -88,12 +88,13 @@ pub struct BakeArgs {
     #[arg(long)]
     no_qat: bool,
     /// refresh the requantized matrices every N steps during quantization-aware training
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 4)]
     qat_every: usize,
     /// seed for sampling, initialisation and shuffling
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// also write the trained adapter (as --emit lora would) to this file
+    /// also write the adapter to this file, as trained in full precision (just before
+    /// quantization-aware training starts)
     #[arg(long, value_name = "FILE")]
     save_adapter: Option<PathBuf>,
     /// print the summary as JSON on stdout
