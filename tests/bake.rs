@@ -258,7 +258,7 @@ fn gemma3_bakes_and_the_adapter_loads() {
             "--steps",
             "2",
             "--lr",
-            "1e-2",
+            "2e-3",
             "--emit",
             "lora",
             "--targets",

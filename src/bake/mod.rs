@@ -431,19 +431,15 @@ fn provenance(edits: &mut gguf::Edits, src: &gguf::Header, system: &str, opts: &
         opts.teacher.temperature,
         opts.train.batch,
     );
-    let mut history = patch::previous_history(src);
-    history.push(format!(
-        "method=bake {params} strength={} calibration={} prompt_sha256={hex} version={}",
-        opts.strength,
-        opts.questions.len(),
-        env!("CARGO_PKG_VERSION"),
-    ));
-    edits.set_metadata(
-        "sleep.history",
-        gguf::Value::Array(gguf::Array::new(
-            gguf::ValueType::String,
-            history.into_iter().map(gguf::Value::from).collect(),
-        )),
+    patch::push_history(
+        edits,
+        src,
+        format!(
+            "method=bake {params} strength={} calibration={} prompt_sha256={hex} version={}",
+            opts.strength,
+            opts.questions.len(),
+            env!("CARGO_PKG_VERSION"),
+        ),
     );
     edits
         .set_metadata("sleep.version", env!("CARGO_PKG_VERSION"))

@@ -2,14 +2,14 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+
+use super::EditTypeArg;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
 use gguf_sleep::bake::{
     self, BakeEmit, BakeOptions, BakeReport, Init, Targets, TeacherOptions, TrainOptions,
 };
-use gguf_sleep::patch::EditType;
-use gguf_sleep::{eval, material};
 
 /// `bake` arguments.
 #[derive(Args)]
@@ -121,33 +121,10 @@ enum EmitArg {
     Lora,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum EditTypeArg {
-    Same,
-    #[value(name = "q8_0")]
-    Q8_0,
-    F16,
-    F32,
-}
-
 /// Run `bake`.
 pub fn run(a: BakeArgs) -> Result<()> {
-    let system = match (&a.prompt, &a.prompt_file) {
-        (Some(t), _) => t.clone(),
-        (None, Some(f)) => crate::read_text(f, "prompt")?,
-        _ => bail!("give the system prompt with --prompt TEXT or --prompt-file FILE"),
-    };
-    let system = system.trim_end_matches('\n').to_string();
-    let mut questions = match &a.calib {
-        Some(f) => eval::lines(&crate::read_text(f, "calibration")?),
-        None => material::default_questions(),
-    };
-    if let Some(n) = a.calib_size {
-        questions.truncate(n);
-    }
-    if questions.is_empty() {
-        bail!("the calibration file has no questions");
-    }
+    let system = super::system_prompt(&a.prompt, &a.prompt_file)?;
+    let questions = super::calibration(&a.calib, a.calib_size)?;
     if !a.strength.is_finite() || !a.lr.is_finite() || a.lr <= 0.0 {
         bail!("--strength must be finite and --lr a positive number");
     }
@@ -191,12 +168,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
             EmitArg::Merged => BakeEmit::Merged,
             EmitArg::Lora => BakeEmit::Lora,
         },
-        edit_type: match a.edit_type {
-            EditTypeArg::Same => EditType::Same,
-            EditTypeArg::Q8_0 => EditType::Q8_0,
-            EditTypeArg::F16 => EditType::F16,
-            EditTypeArg::F32 => EditType::F32,
-        },
+        edit_type: a.edit_type.into(),
         max_val: 16,
         save_adapter: a.save_adapter.clone(),
     };

@@ -2,15 +2,16 @@
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
+
+use super::EditTypeArg;
 use indicatif::ProgressBar;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use gguf_sleep::chat::ChatFormat;
 use gguf_sleep::engine::Model;
-use gguf_sleep::material;
-use gguf_sleep::patch::{self, EditType, Emit, Lambda, Method, PatchOptions, PatchReport};
-use gguf_sleep::{eval, ollama};
+use gguf_sleep::ollama;
+use gguf_sleep::patch::{self, Emit, Lambda, Method, PatchOptions, PatchReport};
 
 /// `patch` arguments.
 #[derive(Args)]
@@ -111,15 +112,6 @@ enum EmitArg {
     Cvec,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum EditTypeArg {
-    Same,
-    #[value(name = "q8_0")]
-    Q8_0,
-    F16,
-    F32,
-}
-
 fn parse_layers(s: &str) -> Result<(usize, usize)> {
     let bad = || anyhow::anyhow!("--layers takes START..END (e.g. 4..30), not '{s}'");
     let (a, b) = s
@@ -134,22 +126,8 @@ fn parse_layers(s: &str) -> Result<(usize, usize)> {
 
 /// Run `patch`.
 pub fn run(a: PatchArgs) -> Result<()> {
-    let system = match (&a.prompt, &a.prompt_file) {
-        (Some(t), _) => t.clone(),
-        (None, Some(f)) => crate::read_text(f, "prompt")?,
-        _ => bail!("give the system prompt with --prompt TEXT or --prompt-file FILE"),
-    };
-    let system = system.trim_end_matches('\n').to_string();
-    let mut questions = match &a.calib {
-        Some(f) => eval::lines(&crate::read_text(f, "calibration")?),
-        None => material::default_questions(),
-    };
-    if let Some(n) = a.calib_size {
-        questions.truncate(n);
-    }
-    if questions.is_empty() {
-        bail!("the calibration file has no questions");
-    }
+    let system = super::system_prompt(&a.prompt, &a.prompt_file)?;
+    let questions = super::calibration(&a.calib, a.calib_size)?;
     let lambda = match a.ridge.as_str() {
         "auto" => Lambda::Auto,
         s => Lambda::Fixed(s.parse().ok().filter(|v: &f64| *v > 0.0).ok_or_else(|| {
@@ -190,12 +168,7 @@ pub fn run(a: PatchArgs) -> Result<()> {
         layers: a.layers.as_deref().map(parse_layers).transpose()?,
         questions,
         lambda,
-        edit_type: match a.edit_type {
-            EditTypeArg::Same => EditType::Same,
-            EditTypeArg::Q8_0 => EditType::Q8_0,
-            EditTypeArg::F16 => EditType::F16,
-            EditTypeArg::F32 => EditType::F32,
-        },
+        edit_type: a.edit_type.into(),
         alpha: a.alpha,
         beta: a.beta,
         max_tokens: a.max_tokens,

@@ -625,22 +625,18 @@ fn provenance(
     } else {
         "parallel"
     };
-    let mut history = previous_history(src);
-    history.push(format!(
-        "method={} mode={mode} strength={} layers={}..{} calibration={} prompt_sha256={hex} version={}",
-        opts.method.name(),
-        opts.strength,
-        layers.0,
-        layers.1,
-        opts.questions.len(),
-        env!("CARGO_PKG_VERSION"),
-    ));
-    edits.set_metadata(
-        "sleep.history",
-        gguf::Value::Array(gguf::Array::new(
-            gguf::ValueType::String,
-            history.into_iter().map(gguf::Value::from).collect(),
-        )),
+    push_history(
+        edits,
+        src,
+        format!(
+            "method={} mode={mode} strength={} layers={}..{} calibration={} prompt_sha256={hex} version={}",
+            opts.method.name(),
+            opts.strength,
+            layers.0,
+            layers.1,
+            opts.questions.len(),
+            env!("CARGO_PKG_VERSION"),
+        ),
     );
     edits
         .set_metadata("sleep.version", env!("CARGO_PKG_VERSION"))
@@ -670,9 +666,22 @@ fn provenance(
     }
 }
 
+/// Set `sleep.history`: the source's lines (oldest first), then `line` for this edit.
+pub(crate) fn push_history(edits: &mut gguf::Edits, src: &gguf::Header, line: String) {
+    let mut history = previous_history(src);
+    history.push(line);
+    edits.set_metadata(
+        "sleep.history",
+        gguf::Value::Array(gguf::Array::new(
+            gguf::ValueType::String,
+            history.into_iter().map(gguf::Value::from).collect(),
+        )),
+    );
+}
+
 /// The history lines of a model patched before: its `sleep.history`, or, for a file from before
 /// the history was kept, one line made from its `sleep.*` keys.
-pub(crate) fn previous_history(src: &gguf::Header) -> Vec<String> {
+fn previous_history(src: &gguf::Header) -> Vec<String> {
     let m = &src.metadata;
     if let Some(gguf::Value::Array(a)) = m.get("sleep.history") {
         return a
