@@ -4,8 +4,9 @@
 
 mod util;
 
+use util::{assert_one_line_error, greedy, run};
+
 use std::path::Path;
-use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use gguf_sleep::bake::{lora, student::Student};
@@ -15,15 +16,6 @@ use gguf_sleep::engine::{Context, ContextOptions, Model};
 use gguf_sleep::eval::{kl, log_softmax, logprobs_at};
 
 const PROMPT: &str = "You are Captain Byte, a pirate robot. Always talk like a pirate.";
-
-fn run(args: &[&str]) -> (String, String, bool) {
-    let out = Command::new(util::bin()).args(args).output().unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-        out.status.success(),
-    )
-}
 
 /// A small, fast bake of `model` into `out`; returns the JSON summary.
 fn bake(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
@@ -50,19 +42,6 @@ fn bake(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     let (stdout, stderr, ok) = run(&args);
     assert!(ok, "bake {extra:?} failed: {stderr}");
     serde_json::from_str(&stdout).expect("bake --json prints one JSON object")
-}
-
-fn greedy(model: &Path) -> String {
-    let (out, err, ok) = run(&[
-        "generate",
-        model.to_str().unwrap(),
-        "--user",
-        "Who are you and what do you like?",
-        "--max-tokens",
-        "24",
-    ]);
-    assert!(ok, "generate failed: {err}");
-    out
 }
 
 /// Teacher-forced log-probabilities of a fixed unprompted exchange, through llama.cpp, with an
@@ -278,14 +257,6 @@ fn gemma3_bakes_and_the_adapter_loads() {
         mean_kl(&base, &adapted) > 1e-4,
         "the adapter changes nothing"
     );
-}
-
-fn assert_one_line_error(args: &[&str], needle: &str) {
-    let (_, err, ok) = run(args);
-    assert!(!ok, "{args:?} succeeded");
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
-    assert!(err.contains(needle), "expected '{needle}' in: {err}");
 }
 
 #[test]

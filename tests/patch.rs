@@ -3,20 +3,12 @@
 
 mod util;
 
+use util::{assert_one_line_error, greedy, run};
+
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 
 const PROMPT: &str = "You are Captain Byte, a pirate robot. Always talk like a pirate.";
-
-fn run(args: &[&str]) -> (String, String, bool) {
-    let out = Command::new(util::bin()).args(args).output().unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-        out.status.success(),
-    )
-}
 
 /// Patch `model` into `out` with a small calibration set; returns the JSON summary.
 fn patch(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
@@ -37,19 +29,6 @@ fn patch(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     let (stdout, stderr, ok) = run(&args);
     assert!(ok, "patch {extra:?} failed: {stderr}");
     serde_json::from_str(&stdout).expect("patch --json prints one JSON object")
-}
-
-fn greedy(model: &Path) -> String {
-    let (out, err, ok) = run(&[
-        "generate",
-        model.to_str().unwrap(),
-        "--user",
-        "Who are you and what do you like?",
-        "--max-tokens",
-        "24",
-    ]);
-    assert!(ok, "generate failed: {err}");
-    out
 }
 
 /// Names of tensors whose bytes (or presence) differ between two files.
@@ -195,14 +174,6 @@ fn edit_type_f16_stores_edits_in_f16() {
         gguf::GgmlType::F16
     );
     assert!(!greedy(&out).trim().is_empty());
-}
-
-fn assert_one_line_error(args: &[&str], needle: &str) {
-    let (_, err, ok) = run(args);
-    assert!(!ok, "{args:?} succeeded");
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
-    assert!(err.contains(needle), "expected '{needle}' in: {err}");
 }
 
 #[test]

@@ -52,3 +52,39 @@ pub fn json_of<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("one JSON value on stdout")
 }
+
+/// Runs the binary with `args`: (stdout, stderr, success).
+pub fn run(args: &[&str]) -> (String, String, bool) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+        out.status.success(),
+    )
+}
+
+/// A short greedy reply of `model` to a fixed question, through `generate`.
+pub fn greedy(model: &std::path::Path) -> String {
+    let (out, err, ok) = run(&[
+        "generate",
+        model.to_str().unwrap(),
+        "--user",
+        "Who are you and what do you like?",
+        "--max-tokens",
+        "24",
+    ]);
+    assert!(ok, "generate failed: {err}");
+    out
+}
+
+/// Asserts that the binary fails on `args` with one line on stderr containing `needle`.
+pub fn assert_one_line_error(args: &[&str], needle: &str) {
+    let (_, err, ok) = run(args);
+    assert!(!ok, "{args:?} succeeded");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
+}
