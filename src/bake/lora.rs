@@ -124,6 +124,16 @@ impl LoraSet {
             .collect()
     }
 
+    /// Whether every adapter is the identity (`B = 0`).
+    pub fn is_zero(&self) -> Result<bool> {
+        for a in self.adapters.values() {
+            if a.b.as_tensor().abs()?.max_all()?.to_scalar::<f32>()? != 0.0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Number of trainable parameters.
     pub fn n_params(&self) -> usize {
         self.adapters

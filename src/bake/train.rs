@@ -156,7 +156,12 @@ pub fn train(
     if qat(0) {
         requantize()?;
     }
-    let first = mean_kl(student, lora, val, opts.batch)?;
+    // Fresh adapters (B = 0) leave the model unmodified: its validation KL is `val_base`.
+    let first = if !qat(0) && lora.is_zero()? {
+        val_base
+    } else {
+        mean_kl(student, lora, val, opts.batch)?
+    };
     curve.push(CurvePoint {
         step: 0,
         elapsed_s: 0.0,
