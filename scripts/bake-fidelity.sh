@@ -11,12 +11,16 @@ BIN=${GGUF_SLEEP_BIN:-target/release/gguf-sleep}
 LOG=${FIDELITY_LOG:-docs/fidelity.jsonl}
 DIR=$(mktemp -d)
 trap 'rm -rf "$DIR"' EXIT
+# A warm-started bake trains on top of the patched weights: it has no adapter of its own.
+SAVE=(--save-adapter "$DIR/adapter.gguf")
+[[ " $* " == *" --init patch "* ]] && SAVE=()
 /usr/bin/time -f "%M %e" -o "$DIR/time" "$BIN" bake "$MODEL" --prompt "$PROMPT" -o "$DIR/baked.gguf" \
-    --save-adapter "$DIR/adapter.gguf" --json "$@" >"$DIR/bake.json" 2>"$DIR/err" \
+    "${SAVE[@]}" --json "$@" >"$DIR/bake.json" 2>"$DIR/err" \
     || { tail -3 "$DIR/err" >&2; exit 1; }
 ev() { "$BIN" eval --base "$MODEL" --prompt "$PROMPT" --json "$@" 2>/dev/null; }
 ev --candidate "$DIR/baked.gguf" >"$DIR/merged.json"
-ev --candidate "$MODEL" --lora "$DIR/adapter.gguf" >"$DIR/lora.json"
+echo null >"$DIR/lora.json"
+[[ ${#SAVE[@]} -gt 0 ]] && ev --candidate "$MODEL" --lora "$DIR/adapter.gguf" >"$DIR/lora.json"
 ev --candidate "$DIR/baked.gguf" --reprompt --no-locality >"$DIR/reprompt.json"
 python3 - "$MODEL" "$*" "$DIR" <<'PY' | tee -a "$LOG"
 import json, sys
@@ -25,6 +29,8 @@ b = json.load(open(f"{d}/bake.json"))
 rss_kib, wall = open(f"{d}/time").read().split()[-2:]
 def e(name):
     r = json.load(open(f"{d}/{name}.json"))
+    if r is None:
+        return None
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
 print(json.dumps({"model": model.rsplit("/", 1)[-1], "command": "bake", "args": args,
     "wall_s": float(wall), "peak_rss_mib": round(int(rss_kib) / 1024),

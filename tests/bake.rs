@@ -1,6 +1,7 @@
 //! `bake` on the real models through the command line: strength 0 is the identity, an exported
 //! adapter loads in llama.cpp, changes the output and matches the student, merged output edits
-//! only the adapted matrices and records its provenance, bad input is a one-line error.
+//! only the adapted matrices and records its provenance, a warm start trains on top of the
+//! patched model, bad input is a one-line error.
 
 mod util;
 
@@ -226,6 +227,63 @@ fn merged_bake_edits_only_adapted_matrices_records_provenance_and_generates() {
 }
 
 #[test]
+fn warm_start_trains_on_top_of_the_patched_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let out = dir.path().join("w.gguf");
+    let s = bake(
+        &m,
+        &out,
+        &["--steps", "2", "--targets", "attn", "--init", "patch"],
+    );
+    // The curve starts from the patched model, measured against the unmodified one.
+    let init = s["init_recovery"].as_f64().expect("init_recovery reported");
+    let first = &s["curve"][0];
+    assert_eq!(first["step"], 0);
+    assert!(
+        (first["val_recovery"].as_f64().unwrap() - init).abs() < 1e-9,
+        "{s}"
+    );
+    assert!(
+        init > 0.1,
+        "the patched model should already recover part of the prompt's effect: {s}"
+    );
+    // The output is the patched model (ffn_down weights and created biases) with the trained
+    // attention adapters merged; nothing else differs from the input.
+    let (a, b) = (
+        gguf::GgufFile::open(&m).unwrap(),
+        gguf::GgufFile::open(&out).unwrap(),
+    );
+    let (mut attn, mut down) = (0, 0);
+    for t in &a.header().tensors {
+        if a.tensor_bytes(&t.name) != b.tensor_bytes(&t.name) {
+            match t.name.split('.').nth(2).unwrap_or("") {
+                "attn_q" | "attn_k" | "attn_v" | "attn_output" => attn += 1,
+                "ffn_down" => down += 1,
+                _ => panic!("{} changed but neither patch nor bake edits it", t.name),
+            }
+        }
+    }
+    assert!(attn > 0 && down > 0, "attn {attn} ffn_down {down} changed");
+    assert!(b.header().tensor("blk.0.ffn_down.bias").is_some());
+    let history = match b.header().metadata.get("sleep.history") {
+        Some(gguf::Value::Array(h)) => h
+            .items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect::<Vec<_>>(),
+        other => panic!("no sleep.history: {other:?}"),
+    };
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert!(history[0].contains("method=down"), "{history:?}");
+    assert!(
+        history[1].contains("method=bake") && history[1].contains("init=patch"),
+        "{history:?}"
+    );
+    assert!(!greedy(&out).trim().is_empty());
+}
+
+#[test]
 fn gemma3_bakes_and_the_adapter_loads() {
     let dir = tempfile::tempdir().unwrap();
     let m = util::gemma3();
@@ -273,6 +331,12 @@ fn bad_input_is_a_one_line_error() {
     assert_one_line_error(
         &["bake", ms, "--prompt", PROMPT, "-o", os, "--rank", "0"],
         "rank",
+    );
+    assert_one_line_error(
+        &[
+            "bake", ms, "--prompt", PROMPT, "-o", os, "--init", "patch", "--emit", "lora",
+        ],
+        "merged",
     );
     let src = gguf::GgufFile::open(&m).unwrap();
     let alien = dir.path().join("alien.gguf");

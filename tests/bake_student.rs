@@ -25,6 +25,11 @@ fn conversation(model: &Model, system: Option<&str>) -> (Vec<i32>, usize) {
 
 /// Mean per-token KL(llama.cpp ‖ student) over every position of one conversation.
 fn consistency(path: &std::path::Path) -> f64 {
+    consistency_of(path, path)
+}
+
+/// Mean per-token KL(llama.cpp on `path` ‖ student of `student_path`).
+fn consistency_of(path: &std::path::Path, student_path: &std::path::Path) -> f64 {
     let model = Model::load(path).unwrap();
     let (tokens, _) = conversation(&model, Some(SYSTEM));
     let n = tokens.len() - 1;
@@ -38,7 +43,7 @@ fn consistency(path: &std::path::Path) -> f64 {
     )
     .unwrap();
     let want = logprobs_at(&mut ctx, &tokens, n).unwrap();
-    let file = gguf::GgufFile::open(path).unwrap();
+    let file = gguf::GgufFile::open(student_path).unwrap();
     let student = Student::load(&file).unwrap();
     let t = Tensor::from_vec(
         tokens.iter().map(|&x| x as u32).collect::<Vec<_>>(),
@@ -74,6 +79,43 @@ fn zero_adapter_student_matches_llama_cpp_on_smollm2() {
 fn zero_adapter_student_matches_llama_cpp_on_gemma3() {
     let v = consistency(&util::gemma3());
     assert!(v <= 0.01, "mean KL {v} > 0.01");
+}
+
+#[test]
+fn zero_adapter_student_applies_the_biases_llama_cpp_applies() {
+    // SmolLM2 with F32 biases on attn_v, attn_output and ffn_down of every block, as `patch`
+    // creates them: llama.cpp applies them, so must the student.
+    let m = util::smollm2();
+    let src = gguf::GgufFile::open(&m).unwrap();
+    let n_layer = src.header().arch_u64("block_count").unwrap() as usize;
+    let mut edits = gguf::Edits::new();
+    let mut rng = gguf_sleep::generate::SplitMix::new(7);
+    for l in 0..n_layer {
+        for kind in ["attn_v", "attn_output", "ffn_down"] {
+            let w = format!("blk.{l}.{kind}.weight");
+            let n = src.header().tensor(&w).unwrap().dims[1] as usize;
+            let v: Vec<f32> = (0..n)
+                .map(|_| (rng.next_f64() as f32 - 0.5) * 0.2)
+                .collect();
+            edits.add_tensor(gguf::NewTensor {
+                name: format!("blk.{l}.{kind}.bias"),
+                dims: vec![n as u64],
+                ggml_type: gguf::GgmlType::F32,
+                data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                after: Some(w),
+            });
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let biased = dir.path().join("biased.gguf");
+    gguf::write(&src, &edits, &biased, &gguf::WriteOptions::default()).unwrap();
+    let with = consistency(&biased);
+    assert!(with <= 0.01, "mean KL {with} > 0.01 with biases");
+    let without = consistency_of(&biased, &m);
+    assert!(
+        without > 10.0 * with.max(0.001),
+        "the biases hardly matter ({without}), so this test shows nothing"
+    );
 }
 
 #[test]
@@ -133,6 +175,7 @@ fn one_training_step_lowers_the_loss_on_a_fixed_batch() {
         &lora,
         &examples,
         &examples,
+        before,
         before,
         &opts,
         &mut || Ok(()),

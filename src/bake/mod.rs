@@ -17,7 +17,6 @@ pub mod teacher;
 pub mod train;
 
 use anyhow::{bail, Context as _, Result};
-use candle_core::Tensor;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,13 +28,14 @@ pub use student::Student;
 pub use teacher::{Example, TeacherOptions};
 pub use train::{CurvePoint, TrainOptions};
 
-/// Where the adapters start.
+/// Where training starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Init {
-    /// `B = 0`: the unmodified model
+    /// the unmodified model (`B = 0`)
     None,
-    /// the training-free `patch` (method `down`, no bias), as a rank-`r` adapter on `ffn_down`
-    Patch(usize),
+    /// the model as the training-free `patch` (its default method, sequential, requantized to
+    /// the stored types) writes it: the student trains adapters on top of the patched weights
+    Patch,
 }
 
 /// What `bake` writes.
@@ -96,8 +96,8 @@ pub struct BakeReport {
     pub curve: Vec<CurvePoint>,
     /// first step whose validation recovery reached 0.9
     pub steps_to_0_9: Option<usize>,
-    /// warm start: the smallest share of a patch change's energy the initial rank keeps
-    pub init_retained_energy: Option<f64>,
+    /// warm start: validation recovery of the patched model before training
+    pub init_recovery: Option<f64>,
     /// per stored tensor (merged output)
     pub tensors: Vec<TensorReport>,
     /// (phase, seconds)
@@ -138,6 +138,12 @@ pub fn bake(
         );
     }
     patch::check_writable(output)?;
+    if opts.init == Init::Patch && (opts.emit == BakeEmit::Lora || opts.save_adapter.is_some()) {
+        bail!("--init patch changes the weights themselves, which an adapter cannot carry: use --emit merged");
+    }
+    if opts.init == Init::Patch && opts.strength != 1.0 {
+        bail!("--strength scales an adapter trained from the unmodified model: use --init none with it (or `patch --strength`)");
+    }
     crate::engine::retain_freed_memory();
     let src = gguf::GgufFile::open(input)?;
     student::Config::from_file(&src)?;
@@ -176,25 +182,34 @@ pub fn bake(
         .sum::<f64>()
         / positions.max(1) as f64;
 
+    // The prompt's effect on the validation trajectories: the unmodified model's KL.
     let t = Instant::now();
-    let student = Student::load(&src)?;
+    let original = Student::load(&src)?;
+    let val_base = train::mean_kl(&original, &LoraSet::default(), &val, opts.train.batch)?;
     phases.push(("load student".to_string(), t.elapsed().as_secs_f64()));
 
-    let t = Instant::now();
-    let (init, retained) = match opts.init {
-        Init::None => (Vec::new(), None),
-        Init::Patch(r) => {
-            let (f, e) = patch_factors(input, output, system, opts, r, progress)?;
-            (f, Some(e))
+    // The warm start: the patched model, kept in a temporary file next to the output until
+    // the result is written; training, quantization and merging then start from its weights.
+    let (patched, student, first_kl) = match opts.init {
+        Init::None => (None, original, val_base),
+        Init::Patch => {
+            drop(original);
+            let t = Instant::now();
+            let tmp = patch_first(input, output, system, opts, progress)?;
+            let file = gguf::GgufFile::open(tmp.path())?;
+            let student = Student::load(&file)?;
+            let kl = train::mean_kl(&student, &LoraSet::default(), &val, opts.train.batch)?;
+            phases.push(("warm start (patch)".to_string(), t.elapsed().as_secs_f64()));
+            (Some((tmp, file)), student, kl)
         }
     };
-    let lora = adapters(&student, opts, init)?;
-    if opts.init != Init::None {
-        phases.push(("warm start (patch)".to_string(), t.elapsed().as_secs_f64()));
-    }
+    let src = patched.as_ref().map_or(&src, |(_, f)| f);
+    let init_recovery = patched
+        .as_ref()
+        .map(|_| 1.0 - first_kl / val_base.max(f64::MIN_POSITIVE));
+    let lora = adapters(&student, opts)?;
 
     let t = Instant::now();
-    let val_base = train::mean_kl(&student, &LoraSet::default(), &val, opts.train.batch)?;
     // Importance weights for requantization (during QAT and when writing): the adapted
     // matrices' mean squared inputs on training trajectories.
     student.record_importance();
@@ -217,14 +232,15 @@ pub fn bake(
         &train_set,
         &val,
         val_base,
+        first_kl,
         &train_opts,
         &mut || {
             // The adapter as trained in full precision, before quantization-aware training
             // bends it toward what survives rounding (as an adapter it would then overshoot).
             if let Some(p) = snapshot.take() {
-                write_adapter(&src, &lora, opts.strength, &p)?;
+                write_adapter(src, &lora, opts.strength, &p)?;
             }
-            qat::refresh(&student, &lora, &src, opts.edit_type, &importance)
+            qat::refresh(&student, &lora, src, opts.edit_type, &importance)
         },
         &mut |s, l| progress("train", s, steps, Some(l)),
     )?;
@@ -234,12 +250,12 @@ pub fn bake(
     let t = Instant::now();
     progress("write", 0, 1, None);
     if let Some(p) = &snapshot {
-        write_adapter(&src, &lora, opts.strength, p)?;
+        write_adapter(src, &lora, opts.strength, p)?;
     }
     let (tensors, bytes) = match opts.emit {
         BakeEmit::Lora => (
             Vec::new(),
-            write_adapter(&src, &lora, opts.strength, output)?,
+            write_adapter(src, &lora, opts.strength, output)?,
         ),
         BakeEmit::Merged => {
             let mut deltas = Vec::new();
@@ -251,9 +267,9 @@ pub fn bake(
                 });
             }
             let (mut edits, reports) =
-                patch::edit::to_gguf_edits(&src, &deltas, opts.strength, opts.edit_type)?;
+                patch::edit::to_gguf_edits(src, &deltas, opts.strength, opts.edit_type)?;
             provenance(&mut edits, src.header(), system, opts);
-            let r = gguf::write(&src, &edits, output, &gguf::WriteOptions::default())?;
+            let r = gguf::write(src, &edits, output, &gguf::WriteOptions::default())?;
             (reports, r.bytes)
         }
     };
@@ -269,7 +285,7 @@ pub fn bake(
         val_kl_base: val_base,
         curve,
         steps_to_0_9,
-        init_retained_energy: retained,
+        init_recovery,
         tensors,
         phases,
         output: output.to_path_buf(),
@@ -277,15 +293,10 @@ pub fn bake(
     })
 }
 
-/// Initial factors of one matrix: name, `A` (`r × in`), `B` (`out × r`).
-type Factors = (String, Tensor, Tensor);
-
-/// The adapters: a fresh one of rank `opts.rank` on every targeted matrix, with the warm-start
-/// factors stacked in front where given (their rank added to the fresh one's).
-fn adapters(student: &Student, opts: &BakeOptions, init: Vec<Factors>) -> Result<LoraSet> {
+/// A fresh adapter (`B = 0`) of rank `opts.rank` on every targeted matrix.
+fn adapters(student: &Student, opts: &BakeOptions) -> Result<LoraSet> {
     let mut set = LoraSet::default();
-    let n_layer = student.config().n_layer;
-    for l in 0..n_layer {
+    for l in 0..student.config().n_layer {
         for (j, kind) in opts.targets.kinds().iter().enumerate() {
             let (n_out, n_in) = student.matrix_shape(l, kind)?;
             let seed = opts.train.seed ^ ((l * 16 + j) as u64).wrapping_mul(0x9E37_79B9);
@@ -298,29 +309,18 @@ fn adapters(student: &Student, opts: &BakeOptions, init: Vec<Factors>) -> Result
             )?;
         }
     }
-    for (name, a, b) in init {
-        let (a, b) = match set.get(&name) {
-            Some(fresh) => (
-                Tensor::cat(&[&a, fresh.a.as_tensor()], 0)?,
-                Tensor::cat(&[&b, fresh.b.as_tensor()], 1)?,
-            ),
-            None => (a, b),
-        };
-        set.add_init(&name, a, b)?;
-    }
     Ok(set)
 }
 
-/// Run the training-free patch (`down`, sequential, no bias) as a rank-`r` adapter and read its
-/// factors back; also the smallest share of a change's energy that rank keeps.
-fn patch_factors(
+/// Run the training-free patch (its default method, sequential, stored as `opts.edit_type`) on
+/// the same calibration questions into a temporary file next to `output`.
+fn patch_first(
     input: &Path,
     output: &Path,
     system: &str,
     opts: &BakeOptions,
-    r: usize,
     progress: Progress,
-) -> Result<(Vec<Factors>, f64)> {
+) -> Result<tempfile::NamedTempFile> {
     let dir = patch::parent_dir(output);
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".gguf-sleep-init-{}-", std::process::id()))
@@ -334,29 +334,19 @@ fn patch_factors(
         layers: None,
         questions: opts.questions.clone(),
         lambda: patch::Lambda::Auto,
-        edit_type: EditType::F32,
+        edit_type: opts.edit_type,
         alpha: None,
         beta: 1.0,
         max_tokens: opts.teacher.max_tokens,
         in_place: false,
         measure_prefill: false,
-        emit: patch::Emit::Lora(r),
-        bias: false,
+        emit: patch::Emit::Merged,
+        bias: true,
     };
-    let rep = patch::patch(input, tmp.path(), system, &popts, &mut |p, d, n| {
+    patch::patch(input, tmp.path(), system, &popts, &mut |p, d, n| {
         progress(&format!("patch {p}"), d, n, None)
     })?;
-    let energy = rep
-        .export
-        .and_then(|e| e.min_retained_energy)
-        .unwrap_or(1.0);
-    let set = lora::read_adapter(tmp.path())?;
-    let out = set
-        .adapters
-        .into_iter()
-        .map(|(name, ad)| (name, ad.a.as_tensor().clone(), ad.b.as_tensor().clone()))
-        .collect();
-    Ok((out, energy))
+    Ok(tmp)
 }
 
 /// Write the adapters as a LoRA GGUF llama.cpp loads with `--lora`: `W.lora_a` `[in, r]`,
@@ -418,8 +408,8 @@ fn provenance(edits: &mut gguf::Edits, src: &gguf::Header, system: &str, opts: &
     let sha = Sha256::digest(system.as_bytes());
     let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
     let init = match opts.init {
-        Init::None => "none".to_string(),
-        Init::Patch(r) => format!("patch:{r}"),
+        Init::None => "none",
+        Init::Patch => "patch",
     };
     let params = format!(
         "steps={} rank={} lr={} targets={} init={init} trajectories={} temperature={} batch={}",

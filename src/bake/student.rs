@@ -123,7 +123,21 @@ struct Layer {
     up: Frozen,
     down: Frozen,
     post_ffn_norm: Option<Tensor>,
+    /// biases the file applies after a projection (`blk.{l}.{kind}.bias`, e.g. ones `patch`
+    /// created), by projection kind
+    bias: BTreeMap<&'static str, Tensor>,
 }
+
+/// The projections of a block, as named in the GGUF (`blk.{l}.{kind}.weight`).
+const KINDS: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
 
 /// Per weight matrix: the sum of squared inputs per column, and how many rows were summed.
 type Power = BTreeMap<String, (Vec<f64>, usize)>;
@@ -179,6 +193,13 @@ impl Student {
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
             let t = |k: &str| format!("blk.{l}.{k}.weight");
+            let mut bias = BTreeMap::new();
+            for kind in KINDS {
+                let name = format!("blk.{l}.{kind}.bias");
+                if let Some(info) = h.tensor(&name) {
+                    bias.insert(kind, load(f, &name, &[info.n_elements() as usize])?);
+                }
+            }
             let opt = |k: &str, n: usize| -> Result<Option<Tensor>> {
                 if gemma {
                     Ok(Some(load(f, &t(k), &[n])?))
@@ -200,6 +221,7 @@ impl Student {
                 up: Frozen::new(load(f, &t("ffn_up"), &[n_ff, d])?),
                 down: Frozen::new(load(f, &t("ffn_down"), &[d, n_ff])?),
                 post_ffn_norm: opt("post_ffw_norm", d)?,
+                bias,
             });
         }
         Ok(Student {
@@ -274,6 +296,22 @@ impl Student {
     }
 
     fn linear(
+        &self,
+        w: &Frozen,
+        l: usize,
+        kind: &str,
+        x: &Tensor,
+        lora: &LoraSet,
+    ) -> Result<Tensor> {
+        let y = self.project(w, l, kind, x, lora)?;
+        match self.layers[l].bias.get(kind) {
+            Some(b) => Ok(y.broadcast_add(b)?),
+            None => Ok(y),
+        }
+    }
+
+    /// `x·Wᵀ` with the adapter of `blk.{l}.{kind}.weight`, without the bias.
+    fn project(
         &self,
         w: &Frozen,
         l: usize,

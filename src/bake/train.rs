@@ -118,8 +118,9 @@ pub struct TrainOptions {
     pub qat_every: usize,
 }
 
-/// Train `lora` on `train` and return the curve (validation on `val`, whose KL with a zero
-/// adapter is `val_base`). `progress(step, loss)` after each step. During quantization-aware
+/// Train `lora` on `train` and return the curve (validation on `val`; `val_base` is the
+/// unmodified model's KL there, the prompt's effect, and `start_kl` the student's with a zero
+/// adapter, which differs from it when training starts from a patched model). `progress(step, loss)` after each step. During quantization-aware
 /// training `requantize` refreshes the stored matrices, also before every validation, so the
 /// curve then measures the model as it will be written.
 #[allow(clippy::too_many_arguments)]
@@ -129,6 +130,7 @@ pub fn train(
     train: &[Example],
     val: &[Example],
     val_base: f64,
+    start_kl: f64,
     opts: &TrainOptions,
     requantize: &mut dyn FnMut() -> Result<()>,
     progress: &mut dyn FnMut(usize, f64),
@@ -156,9 +158,9 @@ pub fn train(
     if qat(0) {
         requantize()?;
     }
-    // Fresh adapters (B = 0) leave the model unmodified: its validation KL is `val_base`.
+    // Fresh adapters (B = 0) leave the student as it is: its validation KL is `start_kl`.
     let first = if !qat(0) && lora.is_zero()? {
-        val_base
+        start_kl
     } else {
         mean_kl(student, lora, val, opts.batch)?
     };

@@ -50,12 +50,10 @@ pub struct BakeArgs {
     /// projections that get adapters: attn (q, k, v, output), mlp (gate, up, down), all
     #[arg(long, value_enum, default_value_t = TargetsArg::All)]
     targets: TargetsArg,
-    /// start from zero adapters, or from the training-free patch (method down) on ffn_down
+    /// start from the unmodified model, or from the training-free patch (its default method,
+    /// merged and requantized), training adapters on top of the patched weights
     #[arg(long, value_enum, default_value_t = InitArg::None)]
     init: InitArg,
-    /// --init patch: rank the patch is truncated to
-    #[arg(long, default_value_t = 64)]
-    init_rank: usize,
     /// scale of the trained adapter; 0 writes the model unchanged
     #[arg(long, default_value_t = 1.0)]
     strength: f32,
@@ -161,7 +159,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
         },
         init: match a.init {
             InitArg::None => Init::None,
-            InitArg::Patch => Init::Patch(a.init_rank.max(1)),
+            InitArg::Patch => Init::Patch,
         },
         strength: a.strength,
         emit: match a.emit {
@@ -229,11 +227,8 @@ fn summary(r: &BakeReport, adapter: bool) {
          mean tail mass beyond top-k {:.4}",
         r.questions, r.train_trajectories, r.train_tokens, r.val_trajectories, r.mean_tail_mass
     );
-    if let Some(e) = r.init_retained_energy {
-        println!(
-            "warm start: the patch's rank keeps at least {:.1}% of every change's energy",
-            100.0 * e
-        );
+    if let Some(e) = r.init_recovery {
+        println!("warm start: the patched model recovers {e:.3} on validation before training");
     }
     println!(
         "{} trainable parameters; validation KL of the unmodified model {:.4}",
