@@ -5,16 +5,12 @@
 
 mod util;
 
-use util::{assert_one_line_error, greedy, run};
+use util::{assert_one_line_error, exchange, greedy, mean_kl, run, student_logprobs};
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
 use gguf_sleep::bake::{lora, student::Student};
-use gguf_sleep::chat::ChatFormat;
-use gguf_sleep::convo::prompt_tokens;
-use gguf_sleep::engine::{Context, ContextOptions, Model};
-use gguf_sleep::eval::{kl, log_softmax, logprobs_at};
+use gguf_sleep::engine::Model;
 
 const PROMPT: &str = "You are Captain Byte, a pirate robot. Always talk like a pirate.";
 
@@ -45,40 +41,17 @@ fn bake(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     serde_json::from_str(&stdout).expect("bake --json prints one JSON object")
 }
 
-/// Teacher-forced log-probabilities of a fixed unprompted exchange, through llama.cpp, with an
-/// optional adapter.
+/// llama.cpp's log-probabilities over a fixed unprompted exchange, with an optional adapter.
 fn llama_logprobs(model: &Path, adapter: Option<&Path>) -> (Vec<i32>, Vec<Vec<f32>>) {
     let m = Model::load(model).unwrap();
-    let fmt = ChatFormat::for_model(&m).unwrap();
-    let mut t = prompt_tokens(&m, &fmt, None, "What do you do on a rainy day?").unwrap();
-    t.extend(
-        m.tokenize(
-            "I read a book and drink some tea by the window.",
-            false,
-            false,
-        )
-        .unwrap(),
-    );
-    let a = adapter.map(|p| m.load_lora(p).unwrap());
-    let mut ctx = Context::new(
+    let (t, _) = exchange(
         &m,
-        &ContextOptions {
-            n_ctx: 256,
-            n_batch: 256,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    if let Some(a) = &a {
-        ctx.set_lora(a, 1.0).unwrap();
-    }
-    let n = t.len() - 1;
-    let lp = logprobs_at(&mut ctx, &t, n).unwrap();
+        None,
+        "What do you do on a rainy day?",
+        "I read a book and drink some tea by the window.",
+    );
+    let lp = util::llama_logprobs(&m, &t, adapter);
     (t, lp)
-}
-
-fn mean_kl(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| kl(x, y)).sum::<f64>() / a.len() as f64
 }
 
 #[test]
@@ -152,20 +125,7 @@ fn exported_adapter_loads_in_llama_cpp_changes_the_output_and_matches_the_studen
     // The student with the same adapter predicts what llama.cpp predicts with it.
     let set = lora::read_adapter(&out).unwrap();
     let student = Student::load(&gguf::GgufFile::open(&m).unwrap()).unwrap();
-    let n = tokens.len() - 1;
-    let t = Tensor::from_vec(
-        tokens.iter().map(|&x| x as u32).collect::<Vec<_>>(),
-        (1, tokens.len()),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let idx = Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
-    let rows = student
-        .logits(&t, &idx, &set)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    let ours: Vec<Vec<f32>> = rows.iter().map(|r| log_softmax(r)).collect();
+    let ours = student_logprobs(&student, &tokens, &set);
     let gap = mean_kl(&adapted, &ours);
     eprintln!("adapter: KL(base ‖ adapted) {change:.4}, KL(llama.cpp ‖ student) {gap:.5}");
     assert!(

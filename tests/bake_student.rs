@@ -3,24 +3,18 @@
 
 mod util;
 
-use candle_core::{Device, Tensor};
 use gguf_sleep::bake::{lora::LoraSet, student::Student, teacher, train};
-use gguf_sleep::chat::ChatFormat;
-use gguf_sleep::convo::prompt_tokens;
-use gguf_sleep::engine::{Context, ContextOptions, Model};
-use gguf_sleep::eval::{kl, log_softmax, logprobs_at};
+use gguf_sleep::engine::Model;
+use gguf_sleep::generate::argmax;
+use util::{exchange, mean_kl, student_logprobs};
 
 const SYSTEM: &str = "You are Captain Byte, a pirate robot. Always talk like a pirate.";
 const REPLY: &str =
     "Arr, I be Captain Byte, a robot of the seven seas! What be yer question, matey?";
 
-/// A conversation rendered as at inference, with a reply: tokens and the reply length.
+/// The test exchange rendered as at inference, with or without the system prompt.
 fn conversation(model: &Model, system: Option<&str>) -> (Vec<i32>, usize) {
-    let fmt = ChatFormat::for_model(model).unwrap();
-    let mut t = prompt_tokens(model, &fmt, system, "Who are you and what do you like?").unwrap();
-    let reply = model.tokenize(REPLY, false, false).unwrap();
-    t.extend_from_slice(&reply);
-    (t, reply.len())
+    exchange(model, system, "Who are you and what do you like?", REPLY)
 }
 
 /// Mean per-token KL(llama.cpp ‖ student) over every position of one conversation.
@@ -32,36 +26,16 @@ fn consistency(path: &std::path::Path) -> f64 {
 fn consistency_of(path: &std::path::Path, student_path: &std::path::Path) -> f64 {
     let model = Model::load(path).unwrap();
     let (tokens, _) = conversation(&model, Some(SYSTEM));
-    let n = tokens.len() - 1;
-    let mut ctx = Context::new(
-        &model,
-        &ContextOptions {
-            n_ctx: 512,
-            n_batch: 512,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let want = logprobs_at(&mut ctx, &tokens, n).unwrap();
-    let file = gguf::GgufFile::open(student_path).unwrap();
-    let student = Student::load(&file).unwrap();
-    let t = Tensor::from_vec(
-        tokens.iter().map(|&x| x as u32).collect::<Vec<_>>(),
-        (1, tokens.len()),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let idx = Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
-    let logits = student.logits(&t, &idx, &LoraSet::default()).unwrap();
-    let rows = logits.to_vec2::<f32>().unwrap();
-    let mut total = 0.0;
-    let mut agree = 0;
-    for (w, r) in want.iter().zip(&rows) {
-        let got = log_softmax(r);
-        total += kl(w, &got);
-        agree += (gguf_sleep::generate::argmax(w) == gguf_sleep::generate::argmax(&got)) as usize;
-    }
-    let mean = total / n as f64;
+    let want = util::llama_logprobs(&model, &tokens, None);
+    let student = Student::load(&gguf::GgufFile::open(student_path).unwrap()).unwrap();
+    let got = student_logprobs(&student, &tokens, &LoraSet::default());
+    let n = want.len();
+    let agree = want
+        .iter()
+        .zip(&got)
+        .filter(|(w, g)| argmax(w) == argmax(g))
+        .count();
+    let mean = mean_kl(&want, &got);
     eprintln!(
         "{}: mean KL(llama.cpp ‖ student) {mean:.5} over {n} tokens, top-1 agreement {agree}/{n}",
         path.display()
@@ -124,16 +98,8 @@ fn one_training_step_lowers_the_loss_on_a_fixed_batch() {
     let model = Model::load(&path).unwrap();
     let (prompted, n) = conversation(&model, Some(SYSTEM));
     let (unprompted, _) = conversation(&model, None);
-    let mut ctx = Context::new(
-        &model,
-        &ContextOptions {
-            n_ctx: 512,
-            n_batch: 512,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let lp = logprobs_at(&mut ctx, &prompted, n).unwrap();
+    let lp = util::llama_logprobs(&model, &prompted, None);
+    let lp = &lp[lp.len() - n..];
     let mut ex = teacher::Example {
         question: "q".into(),
         question_index: 0,
@@ -144,7 +110,7 @@ fn one_training_step_lowers_the_loss_on_a_fixed_batch() {
         logp: vec![],
         tail: vec![],
     };
-    for row in &lp {
+    for row in lp {
         let (i, v, t) = teacher::top_k(row, 32);
         ex.ids.extend(i);
         ex.logp.extend(v);

@@ -88,3 +88,77 @@ pub fn assert_one_line_error(args: &[&str], needle: &str) {
     assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
     assert!(err.contains(needle), "expected '{needle}' in: {err}");
 }
+
+/// An exchange rendered as at inference (with `system` or none), followed by `reply`: the
+/// tokens and the reply length.
+pub fn exchange(
+    model: &gguf_sleep::engine::Model,
+    system: Option<&str>,
+    question: &str,
+    reply: &str,
+) -> (Vec<i32>, usize) {
+    let fmt = gguf_sleep::chat::ChatFormat::for_model(model).unwrap();
+    let mut t = gguf_sleep::convo::prompt_tokens(model, &fmt, system, question).unwrap();
+    let r = model.tokenize(reply, false, false).unwrap();
+    t.extend_from_slice(&r);
+    (t, r.len())
+}
+
+/// llama.cpp's next-token log-probabilities after each of `tokens` but the last, with an
+/// optional LoRA adapter at scale 1.
+pub fn llama_logprobs(
+    model: &gguf_sleep::engine::Model,
+    tokens: &[i32],
+    adapter: Option<&std::path::Path>,
+) -> Vec<Vec<f32>> {
+    use gguf_sleep::engine::{Context, ContextOptions};
+    let a = adapter.map(|p| model.load_lora(p).unwrap());
+    let n_ctx = (tokens.len() as u32).next_multiple_of(256);
+    let mut ctx = Context::new(
+        model,
+        &ContextOptions {
+            n_ctx,
+            n_batch: n_ctx,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    if let Some(a) = &a {
+        ctx.set_lora(a, 1.0).unwrap();
+    }
+    gguf_sleep::eval::logprobs_at(&mut ctx, tokens, tokens.len() - 1).unwrap()
+}
+
+/// The bake student's next-token log-probabilities after each of `tokens` but the last.
+pub fn student_logprobs(
+    student: &gguf_sleep::bake::Student,
+    tokens: &[i32],
+    lora: &gguf_sleep::bake::LoraSet,
+) -> Vec<Vec<f32>> {
+    use candle_core::{Device, Tensor};
+    let n = tokens.len() - 1;
+    let t = Tensor::from_vec(
+        tokens.iter().map(|&x| x as u32).collect::<Vec<_>>(),
+        (1, tokens.len()),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let idx = Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
+    let rows = student
+        .logits(&t, &idx, lora)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    rows.iter()
+        .map(|r| gguf_sleep::eval::log_softmax(r))
+        .collect()
+}
+
+/// Mean per-position KL(a ‖ b) of two rows of log-probabilities each.
+pub fn mean_kl(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| gguf_sleep::eval::kl(x, y))
+        .sum::<f64>()
+        / a.len().max(1) as f64
+}
