@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bake a model and measure it with `eval`: the merged (requantized) model, the same training
 # as a LoRA adapter applied by llama.cpp, and the merged model prompted again. One JSON line per
-# run (bake arguments, wall time, peak RSS, the bake curve and the three eval reports),
+# run (bake arguments, wall time, peak RSS, the bake curve and the eval reports: merged,
+# adapter (--init none only, else null), re-prompted),
 # appended to $FIDELITY_LOG (default docs/fidelity.jsonl).
 # Usage: scripts/bake-fidelity.sh MODEL PROMPT [bake args...]
 set -euo pipefail
@@ -11,9 +12,10 @@ BIN=${GGUF_SLEEP_BIN:-target/release/gguf-sleep}
 LOG=${FIDELITY_LOG:-docs/fidelity.jsonl}
 DIR=$(mktemp -d)
 trap 'rm -rf "$DIR"' EXIT
-# A warm-started bake trains on top of the patched weights: it has no adapter of its own.
-SAVE=(--save-adapter "$DIR/adapter.gguf")
-[[ " $* " == *" --init patch "* ]] && SAVE=()
+# A warm-started bake (the default for merged output) trains on top of the patched weights and
+# has no adapter of its own; with --init none the adapter is saved and measured too.
+SAVE=()
+[[ " $* " == *" --init none "* ]] && SAVE=(--save-adapter "$DIR/adapter.gguf")
 /usr/bin/time -f "%M %e" -o "$DIR/time" "$BIN" bake "$MODEL" --prompt "$PROMPT" -o "$DIR/baked.gguf" \
     "${SAVE[@]}" --json "$@" >"$DIR/bake.json" 2>"$DIR/err" \
     || { tail -3 "$DIR/err" >&2; exit 1; }

@@ -143,6 +143,8 @@ fn merged_bake_edits_only_adapted_matrices_records_provenance_and_generates() {
         &m,
         &out,
         &[
+            "--init",
+            "none",
             "--steps",
             "2",
             "--lr",

@@ -51,9 +51,11 @@ pub struct BakeArgs {
     #[arg(long, value_enum, default_value_t = TargetsArg::All)]
     targets: TargetsArg,
     /// start from the unmodified model, or from the training-free patch (its default method,
-    /// merged and requantized), training adapters on top of the patched weights
-    #[arg(long, value_enum, default_value_t = InitArg::None)]
-    init: InitArg,
+    /// merged and requantized), training adapters on top of the patched weights [default: patch
+    /// for a merged output at full strength; none with --emit lora, --strength or
+    /// --save-adapter, which need an adapter trained from the unmodified model]
+    #[arg(long, value_enum)]
+    init: Option<InitArg>,
     /// scale of the trained adapter; 0 writes the model unchanged
     #[arg(long, default_value_t = 1.0)]
     strength: f32,
@@ -158,8 +160,12 @@ pub fn run(a: BakeArgs) -> Result<()> {
             TargetsArg::All => Targets::All,
         },
         init: match a.init {
-            InitArg::None => Init::None,
-            InitArg::Patch => Init::Patch,
+            Some(InitArg::None) => Init::None,
+            Some(InitArg::Patch) => Init::Patch,
+            None if a.emit == EmitArg::Merged && a.strength == 1.0 && a.save_adapter.is_none() => {
+                Init::Patch
+            }
+            None => Init::None,
         },
         strength: a.strength,
         emit: match a.emit {
