@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, RwLock};
 
 use super::frozen::Frozen;
-use super::lora::LoraSet;
+use super::lora::{LoraSet, Targets};
 use crate::engine::dequantize;
 
 /// Supported architectures.
@@ -128,17 +128,6 @@ struct Layer {
     bias: BTreeMap<&'static str, Tensor>,
 }
 
-/// The projections of a block, as named in the GGUF (`blk.{l}.{kind}.weight`).
-const KINDS: [&str; 7] = [
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
-
 /// Per weight matrix: the sum of squared inputs per column, and how many rows were summed.
 type Power = BTreeMap<String, (Vec<f64>, usize)>;
 
@@ -194,7 +183,7 @@ impl Student {
         for l in 0..cfg.n_layer {
             let t = |k: &str| format!("blk.{l}.{k}.weight");
             let mut bias = BTreeMap::new();
-            for kind in KINDS {
+            for &kind in Targets::All.kinds() {
                 let name = format!("blk.{l}.{kind}.bias");
                 if let Some(info) = h.tensor(&name) {
                     bias.insert(kind, load(f, &name, &[info.n_elements() as usize])?);
