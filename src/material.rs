@@ -1,7 +1,7 @@
 //! Teacher-forced material: calibration questions, the prompted model's own replies to them,
 //! and each exchange rendered with and without the system prompt, aligned.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use crate::chat::ChatFormat;
 use crate::convo::{align, prompt_tokens, Alignment};
@@ -47,12 +47,14 @@ pub struct Pair {
     pub reply_len: usize,
 }
 
-/// Generate the prompted model's replies to `questions` and build the aligned pairs.
+/// Generate the prompted model's replies to `questions` (or take `given` ones, one per
+/// question, already sampled from it) and build the aligned pairs.
 pub fn build(
     model: &Model,
     system: &str,
     questions: &[String],
     gen: &GenOptions,
+    given: Option<&[Vec<i32>]>,
     mut progress: impl FnMut(),
 ) -> Result<Vec<Pair>> {
     let fmt = ChatFormat::for_model(model)?;
@@ -61,34 +63,45 @@ pub fn build(
         .map(|q| prompt_tokens(model, &fmt, Some(system), q))
         .collect::<Result<_>>()?;
     let key = cache_key(model, system, questions, gen);
-    let replies = match load_cached(&key) {
-        Some(r) if r.len() == questions.len() => r,
-        _ => {
-            // A question repeated in the set (a weight) is answered once when greedy.
-            let mut first = std::collections::HashMap::new();
-            let slot: Vec<usize> = (0..questions.len())
-                .map(|i| {
-                    if gen.temperature > 0.0 {
-                        i
-                    } else {
-                        *first.entry(questions[i].as_str()).or_insert(i)
-                    }
-                })
-                .collect();
-            let unique: Vec<usize> = (0..questions.len()).filter(|&i| slot[i] == i).collect();
-            let todo: Vec<Vec<i32>> = unique.iter().map(|&i| prompts[i].clone()).collect();
-            let got = generate(model, &fmt, &todo, gen, &mut progress)?;
-            let mut by_index = std::collections::HashMap::new();
-            for (&i, r) in unique.iter().zip(got) {
-                by_index.insert(i, r);
-            }
-            let r: Vec<Vec<i32>> = slot.iter().map(|s| by_index[s].clone()).collect();
-            for _ in unique.len()..questions.len() {
-                progress();
-            }
-            store_cached(&key, &r);
-            r
+    let replies = match given {
+        Some(r) if r.len() == questions.len() => {
+            questions.iter().for_each(|_| progress());
+            r.to_vec()
         }
+        Some(r) => bail!(
+            "{} replies given for {} questions",
+            r.len(),
+            questions.len()
+        ),
+        None => match load_cached(&key) {
+            Some(r) if r.len() == questions.len() => r,
+            _ => {
+                // A question repeated in the set (a weight) is answered once when greedy.
+                let mut first = std::collections::HashMap::new();
+                let slot: Vec<usize> = (0..questions.len())
+                    .map(|i| {
+                        if gen.temperature > 0.0 {
+                            i
+                        } else {
+                            *first.entry(questions[i].as_str()).or_insert(i)
+                        }
+                    })
+                    .collect();
+                let unique: Vec<usize> = (0..questions.len()).filter(|&i| slot[i] == i).collect();
+                let todo: Vec<Vec<i32>> = unique.iter().map(|&i| prompts[i].clone()).collect();
+                let got = generate(model, &fmt, &todo, gen, &mut progress)?;
+                let mut by_index = std::collections::HashMap::new();
+                for (&i, r) in unique.iter().zip(got) {
+                    by_index.insert(i, r);
+                }
+                let r: Vec<Vec<i32>> = slot.iter().map(|s| by_index[s].clone()).collect();
+                for _ in unique.len()..questions.len() {
+                    progress();
+                }
+                store_cached(&key, &r);
+                r
+            }
+        },
     };
     let mut out = Vec::with_capacity(questions.len());
     for ((q, p), r) in questions.iter().zip(prompts).zip(replies) {

@@ -240,7 +240,7 @@ fn a_fitted_layer_moves_toward_the_prompted_run() {
         max_tokens: 16,
         ..Default::default()
     };
-    let pairs = gguf_sleep::material::build(&base, PROMPT, &questions, &gen, || {}).unwrap();
+    let pairs = gguf_sleep::material::build(&base, PROMPT, &questions, &gen, None, || {}).unwrap();
     let patched = Model::load(&out).unwrap();
     let opts = ContextOptions {
         capture: true,

@@ -62,6 +62,9 @@ pub struct BakeOptions {
     pub targets: Targets,
     /// warm start
     pub init: Init,
+    /// most calibration questions the warm start's patch fits on (drawn evenly from the
+    /// training questions, with the teacher's first sampled reply to each)
+    pub init_questions: usize,
     /// scale of the trained adapter (0 = identity)
     pub strength: f32,
     /// merged model or adapter
@@ -195,7 +198,7 @@ pub fn bake(
         Init::Patch => {
             drop(original);
             let t = Instant::now();
-            let tmp = patch_first(input, output, system, opts, progress)?;
+            let tmp = patch_first(input, output, system, &train_set, opts, progress)?;
             let file = gguf::GgufFile::open(tmp.path())?;
             let student = Student::load(&file)?;
             let kl = train::mean_kl(&student, &LoraSet::default(), &val, opts.train.batch)?;
@@ -312,12 +315,15 @@ fn adapters(student: &Student, opts: &BakeOptions) -> Result<LoraSet> {
     Ok(set)
 }
 
-/// Run the training-free patch (its default method, sequential, stored as `opts.edit_type`) on
-/// the same calibration questions into a temporary file next to `output`.
+/// Run the training-free patch (its default method, sequential, stored as `opts.edit_type`) into
+/// a temporary file next to `output`, fitted on at most `opts.init_questions` of the training
+/// questions (never the validation ones) with the teacher's sampled replies as its targets, so
+/// no reply is generated twice.
 fn patch_first(
     input: &Path,
     output: &Path,
     system: &str,
+    train_set: &[Example],
     opts: &BakeOptions,
     progress: Progress,
 ) -> Result<tempfile::NamedTempFile> {
@@ -327,12 +333,13 @@ fn patch_first(
         .suffix(".gguf")
         .tempfile_in(dir)
         .with_context(|| format!("cannot write to {}", dir.display()))?;
+    let (questions, replies) = init_material(train_set, opts.init_questions);
     let popts = patch::PatchOptions {
         method: patch::Method::Down,
         sequential: true,
         strength: 1.0,
         layers: None,
-        questions: opts.questions.clone(),
+        questions,
         lambda: patch::Lambda::Auto,
         edit_type: opts.edit_type,
         alpha: None,
@@ -342,11 +349,34 @@ fn patch_first(
         measure_prefill: false,
         emit: patch::Emit::Merged,
         bias: true,
+        replies: Some(replies),
     };
     patch::patch(input, tmp.path(), system, &popts, &mut |p, d, n| {
         progress(&format!("patch {p}"), d, n, None)
     })?;
     Ok(tmp)
+}
+
+/// The warm start's calibration: the first trajectory of each training question, at most `n`
+/// of them spread evenly over the question list (so the self-questions at its end stay in),
+/// as (questions, reply tokens).
+fn init_material(train_set: &[Example], n: usize) -> (Vec<String>, Vec<Vec<i32>>) {
+    let mut seen = std::collections::BTreeMap::new();
+    for e in train_set {
+        seen.entry(e.question_index).or_insert(e);
+    }
+    let firsts: Vec<&Example> = seen.into_values().collect();
+    let n = n.clamp(1, firsts.len().max(1));
+    (0..n)
+        .filter_map(|i| firsts.get(i * firsts.len() / n))
+        .map(|e| {
+            let reply = e.tokens[e.tokens.len() - e.n..]
+                .iter()
+                .map(|&t| t as i32)
+                .collect();
+            (e.question.clone(), reply)
+        })
+        .unzip()
 }
 
 /// Write the adapters as a LoRA GGUF llama.cpp loads with `--lora`: `W.lora_a` `[in, r]`,
@@ -447,4 +477,38 @@ fn provenance(edits: &mut gguf::Edits, src: &gguf::Header, system: &str, opts: &
             format!("{:?}", opts.edit_type).to_lowercase(),
         )
         .set_metadata("sleep.bake", params);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(qi: usize, reply: &[u32]) -> Example {
+        let mut tokens = vec![1, 2, 3];
+        tokens.extend_from_slice(reply);
+        Example {
+            question: format!("q{qi}"),
+            question_index: qi,
+            first: tokens.len() - reply.len() - 1,
+            n: reply.len(),
+            tokens,
+            ids: Vec::new(),
+            logp: Vec::new(),
+            tail: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn init_material_takes_one_reply_per_question_spread_over_the_list() {
+        // Two trajectories per question for questions 0..10 (validation ones already removed).
+        let set: Vec<Example> = (0..10)
+            .flat_map(|q| [example(q, &[100 + q as u32, 7]), example(q, &[200])])
+            .collect();
+        let (q, r) = init_material(&set, 4);
+        assert_eq!(q, ["q0", "q2", "q5", "q7"]);
+        assert_eq!(r, [vec![100, 7], vec![102, 7], vec![105, 7], vec![107, 7]]);
+        let (q, r) = init_material(&set, 64);
+        assert_eq!((q.len(), r.len()), (10, 10));
+        assert_eq!(q.last().map(String::as_str), Some("q9"));
+    }
 }

@@ -56,6 +56,10 @@ pub struct BakeArgs {
     /// --save-adapter, which need an adapter trained from the unmodified model]
     #[arg(long, value_enum)]
     init: Option<InitArg>,
+    /// calibration questions the warm start's patch fits on (spread over the training
+    /// questions, with the teacher's replies)
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    init_calib_size: usize,
     /// scale of the trained adapter; 0 writes the model unchanged
     #[arg(long, default_value_t = 1.0)]
     strength: f32,
@@ -128,8 +132,8 @@ pub fn run(a: BakeArgs) -> Result<()> {
     if !a.strength.is_finite() || !a.lr.is_finite() || a.lr <= 0.0 {
         bail!("--strength must be finite and --lr a positive number");
     }
-    if a.top_k == 0 || a.trajectories == 0 {
-        bail!("--top-k and --trajectories must be at least 1");
+    if a.top_k == 0 || a.trajectories == 0 || a.init_calib_size == 0 {
+        bail!("--top-k, --trajectories and --init-calib-size must be at least 1");
     }
     let opts = BakeOptions {
         questions,
@@ -167,6 +171,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
             }
             None => Init::None,
         },
+        init_questions: a.init_calib_size,
         strength: a.strength,
         emit: match a.emit {
             EmitArg::Merged => BakeEmit::Merged,

@@ -180,6 +180,7 @@ pub fn run(a: PatchArgs) -> Result<()> {
             EmitArg::Cvec => Emit::Cvec,
         },
         bias: !a.no_bias,
+        replies: None,
     };
     let mut pb: Option<(String, ProgressBar)> = None;
     let report = patch::patch(

@@ -62,6 +62,9 @@ pub struct PatchOptions {
     pub emit: Emit,
     /// `down`: also fit `ffn_down.bias` where the architecture applies one (off for LoRA)
     pub bias: bool,
+    /// the prompted model's replies to the questions, one each, when already at hand (`bake`'s
+    /// sampled trajectories): no replies are generated
+    pub replies: Option<Vec<Vec<i32>>>,
 }
 
 /// What `patch` writes.
@@ -213,10 +216,17 @@ pub fn patch(
     };
     let n_q = opts.questions.len();
     let mut done = 0;
-    let pairs = material::build(&model, system, &opts.questions, &gen, || {
-        done += 1;
-        progress("replies", done, n_q);
-    })?;
+    let pairs = material::build(
+        &model,
+        system,
+        &opts.questions,
+        &gen,
+        opts.replies.as_deref(),
+        || {
+            done += 1;
+            progress("replies", done, n_q);
+        },
+    )?;
     phases.push(("replies".to_string(), t.elapsed().as_secs_f64()));
     let tokens: usize = pairs.iter().map(|p| p.align.len).sum();
     let n_ctx = pairs
