@@ -296,6 +296,19 @@ fn bad_input_is_a_one_line_error() {
     );
     assert_one_line_error(
         &[
+            "bake",
+            ms,
+            "--prompt",
+            PROMPT,
+            "-o",
+            os,
+            "--init-calib-size",
+            "0",
+        ],
+        "init-calib-size",
+    );
+    assert_one_line_error(
+        &[
             "bake", ms, "--prompt", PROMPT, "-o", os, "--init", "patch", "--emit", "lora",
         ],
         "merged",

@@ -29,9 +29,9 @@ pub struct BakeArgs {
     /// where to write the baked model (or the adapter, with --emit lora)
     #[arg(short, long)]
     output: PathBuf,
-    /// optimizer steps
-    #[arg(long, default_value_t = 48)]
-    steps: usize,
+    /// optimizer steps [default: 32 with the warm start, 48 from the unmodified model]
+    #[arg(long)]
+    steps: Option<usize>,
     /// adapter rank
     #[arg(long, default_value_t = 8)]
     rank: usize,
@@ -58,7 +58,7 @@ pub struct BakeArgs {
     init: Option<InitArg>,
     /// calibration questions the warm start's patch fits on (spread over the training
     /// questions, with the teacher's replies)
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    #[arg(long, value_name = "N", default_value_t = 128)]
     init_calib_size: usize,
     /// scale of the trained adapter; 0 writes the model unchanged
     #[arg(long, default_value_t = 1.0)]
@@ -135,6 +135,16 @@ pub fn run(a: BakeArgs) -> Result<()> {
     if a.top_k == 0 || a.trajectories == 0 || a.init_calib_size == 0 {
         bail!("--top-k, --trajectories and --init-calib-size must be at least 1");
     }
+    let init = match a.init {
+        Some(InitArg::None) => Init::None,
+        Some(InitArg::Patch) => Init::Patch,
+        None if a.emit == EmitArg::Merged && a.strength == 1.0 && a.save_adapter.is_none() => {
+            Init::Patch
+        }
+        None => Init::None,
+    };
+    // Training on top of the patch gains little after 24 steps (docs/RESULTS.md).
+    let steps = a.steps.unwrap_or(if init == Init::Patch { 32 } else { 48 });
     let opts = BakeOptions {
         questions,
         teacher: TeacherOptions {
@@ -145,7 +155,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
             top_k: a.top_k,
         },
         train: TrainOptions {
-            steps: a.steps,
+            steps,
             batch: a.batch,
             lr: a.lr,
             eval_every: a.eval_every,
@@ -153,7 +163,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
             qat_from: match (a.no_qat, a.qat_from) {
                 (true, _) => None,
                 (false, Some(f)) => Some(f),
-                (false, None) => Some(a.steps * 2 / 3),
+                (false, None) => Some(steps * 2 / 3),
             },
             qat_every: a.qat_every,
         },
@@ -163,14 +173,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
             TargetsArg::Mlp => Targets::Mlp,
             TargetsArg::All => Targets::All,
         },
-        init: match a.init {
-            Some(InitArg::None) => Init::None,
-            Some(InitArg::Patch) => Init::Patch,
-            None if a.emit == EmitArg::Merged && a.strength == 1.0 && a.save_adapter.is_none() => {
-                Init::Patch
-            }
-            None => Init::None,
-        },
+        init,
         init_questions: a.init_calib_size,
         strength: a.strength,
         emit: match a.emit {
