@@ -62,7 +62,6 @@ pub fn build(
         .iter()
         .map(|q| prompt_tokens(model, &fmt, Some(system), q))
         .collect::<Result<_>>()?;
-    let key = cache_key(model, system, questions, gen);
     let replies = match given {
         Some(r) if r.len() == questions.len() => {
             questions.iter().for_each(|_| progress());
@@ -73,35 +72,7 @@ pub fn build(
             r.len(),
             questions.len()
         ),
-        None => match load_cached(&key) {
-            Some(r) if r.len() == questions.len() => r,
-            _ => {
-                // A question repeated in the set (a weight) is answered once when greedy.
-                let mut first = std::collections::HashMap::new();
-                let slot: Vec<usize> = (0..questions.len())
-                    .map(|i| {
-                        if gen.temperature > 0.0 {
-                            i
-                        } else {
-                            *first.entry(questions[i].as_str()).or_insert(i)
-                        }
-                    })
-                    .collect();
-                let unique: Vec<usize> = (0..questions.len()).filter(|&i| slot[i] == i).collect();
-                let todo: Vec<Vec<i32>> = unique.iter().map(|&i| prompts[i].clone()).collect();
-                let got = generate(model, &fmt, &todo, gen, &mut progress)?;
-                let mut by_index = std::collections::HashMap::new();
-                for (&i, r) in unique.iter().zip(got) {
-                    by_index.insert(i, r);
-                }
-                let r: Vec<Vec<i32>> = slot.iter().map(|s| by_index[s].clone()).collect();
-                for _ in unique.len()..questions.len() {
-                    progress();
-                }
-                store_cached(&key, &r);
-                r
-            }
-        },
+        None => replies(model, &fmt, system, questions, &prompts, gen, &mut progress)?,
     };
     let mut out = Vec::with_capacity(questions.len());
     for ((q, p), r) in questions.iter().zip(prompts).zip(replies) {
@@ -119,6 +90,47 @@ pub fn build(
         });
     }
     Ok(out)
+}
+
+/// The prompted model's replies to `prompts` (the rendered `questions`), from the reply cache
+/// when it has them, else generated and stored there.
+fn replies(
+    model: &Model,
+    fmt: &ChatFormat,
+    system: &str,
+    questions: &[String],
+    prompts: &[Vec<i32>],
+    gen: &GenOptions,
+    progress: &mut impl FnMut(),
+) -> Result<Vec<Vec<i32>>> {
+    let key = cache_key(model, system, questions, gen);
+    if let Some(r) = load_cached(&key).filter(|r| r.len() == questions.len()) {
+        return Ok(r);
+    }
+    // A question repeated in the set (a weight) is answered once when greedy.
+    let mut first = std::collections::HashMap::new();
+    let slot: Vec<usize> = (0..questions.len())
+        .map(|i| {
+            if gen.temperature > 0.0 {
+                i
+            } else {
+                *first.entry(questions[i].as_str()).or_insert(i)
+            }
+        })
+        .collect();
+    let unique: Vec<usize> = (0..questions.len()).filter(|&i| slot[i] == i).collect();
+    let todo: Vec<Vec<i32>> = unique.iter().map(|&i| prompts[i].clone()).collect();
+    let got = generate(model, fmt, &todo, gen, &mut *progress)?;
+    let mut by_index = std::collections::HashMap::new();
+    for (&i, r) in unique.iter().zip(got) {
+        by_index.insert(i, r);
+    }
+    let r: Vec<Vec<i32>> = slot.iter().map(|s| by_index[s].clone()).collect();
+    for _ in unique.len()..questions.len() {
+        progress();
+    }
+    store_cached(&key, &r);
+    Ok(r)
 }
 
 /// Where generated calibration replies are kept between runs (`GGUF_SLEEP_REPLY_CACHE`, else

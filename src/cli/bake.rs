@@ -143,7 +143,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
         }
         None => Init::None,
     };
-    // Training on top of the patch gains little after 24 steps (docs/RESULTS.md).
+    // Training on top of the patch gains little after 16 steps (docs/RESULTS.md).
     let steps = a.steps.unwrap_or(if init == Init::Patch { 32 } else { 48 });
     let opts = BakeOptions {
         questions,
