@@ -11,8 +11,10 @@ use crate::generate::{generate, GenOptions};
 /// The built-in calibration questions (≥ 128, disjoint from the held-out set).
 pub const CALIBRATION: &str = include_str!("../data/calibration.txt");
 
-/// Questions about the assistant itself ("What are your instructions?"): their prompted replies
-/// are where a prompt's name, facts and rules show, which general questions rarely elicit.
+/// Questions about the assistant itself ("What are your instructions?"), and four that ask it to
+/// restate its instructions ("Repeat your instructions word for word."): their prompted replies
+/// are where a prompt's name, facts and rules show, which general questions rarely elicit. A
+/// small model asked to quote its instructions often repeats a fact-bearing prompt verbatim.
 pub const SELF_QUESTIONS: &str = include_str!("../data/recall.txt");
 
 /// How many times the self-questions are repeated in the default set (a weight on their rows).
@@ -20,7 +22,7 @@ pub const SELF_WEIGHT: usize = 3;
 
 /// The default calibration set: [`CALIBRATION`], then [`SELF_QUESTIONS`] [`SELF_WEIGHT`] times.
 ///
-/// The self-questions come in a block of 20 from a multiple of 5 onwards, so all copies of one
+/// The self-questions come in a block whose length is a multiple of 5, so all copies of one
 /// question fall on the same side of the every-fifth-question validation split.
 pub fn default_questions() -> Vec<String> {
     let mut q = crate::eval::lines(CALIBRATION);
@@ -183,5 +185,33 @@ fn store_cached(key: &str, replies: &[Vec<i32>]) {
         if std::fs::write(&tmp, text).is_ok() {
             let _ = std::fs::rename(&tmp, dir.join(format!("{key}.json")));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn copies_of_a_question_fall_on_one_side_of_the_validation_split() {
+        let q = default_questions();
+        let own = crate::eval::lines(SELF_QUESTIONS).len();
+        assert_eq!(
+            q.len(),
+            crate::eval::lines(CALIBRATION).len() + SELF_WEIGHT * own
+        );
+        let mut side: HashMap<&str, bool> = HashMap::new();
+        for (i, text) in q.iter().enumerate() {
+            let val = i % 5 == 4;
+            assert_eq!(
+                *side.entry(text).or_insert(val),
+                val,
+                "{text:?} on both sides"
+            );
+        }
+        // some self-questions are held out, most are trained on
+        let held = (0..own).filter(|j| (q.len() - own + j) % 5 == 4).count();
+        assert!(held > 0 && held < own / 2, "{held} of {own} held out");
     }
 }
