@@ -2,6 +2,7 @@
 //! default or sampled with a temperature and seed.
 
 use anyhow::{bail, Result};
+use std::path::Path;
 
 use crate::chat::{ChatFormat, PLAIN_STOP};
 use crate::engine::{Batch, Context, ContextOptions, Model};
@@ -43,6 +44,27 @@ pub fn generate(
     generate_observed(model, fmt, prompts, opts, progress, |_, _| {})
 }
 
+/// [`generate`] with the LoRA adapter GGUF at `adapter` applied by llama.cpp, scaled by `scale`.
+pub fn generate_adapted(
+    model: &Model,
+    fmt: &ChatFormat,
+    prompts: &[Vec<i32>],
+    opts: &GenOptions,
+    adapter: &Path,
+    scale: f32,
+    progress: impl FnMut(),
+) -> Result<Vec<Vec<i32>>> {
+    run(
+        model,
+        fmt,
+        prompts,
+        opts,
+        Some((adapter, scale)),
+        progress,
+        |_, _| {},
+    )
+}
+
 /// [`generate`], also handing `observe(prompt index, logits)` the model's logits at every
 /// reply position, before the token there is picked (a teacher's distributions for free).
 pub fn generate_observed(
@@ -50,6 +72,18 @@ pub fn generate_observed(
     fmt: &ChatFormat,
     prompts: &[Vec<i32>],
     opts: &GenOptions,
+    progress: impl FnMut(),
+    observe: impl FnMut(usize, &[f32]),
+) -> Result<Vec<Vec<i32>>> {
+    run(model, fmt, prompts, opts, None, progress, observe)
+}
+
+fn run(
+    model: &Model,
+    fmt: &ChatFormat,
+    prompts: &[Vec<i32>],
+    opts: &GenOptions,
+    adapter: Option<(&Path, f32)>,
     mut progress: impl FnMut(),
     mut observe: impl FnMut(usize, &[f32]),
 ) -> Result<Vec<Vec<i32>>> {
@@ -74,6 +108,12 @@ pub fn generate_observed(
             capture: false,
         },
     )?;
+    let lora = adapter
+        .map(|(p, scale)| Ok::<_, anyhow::Error>((model.load_lora(p)?, scale)))
+        .transpose()?;
+    if let Some((a, scale)) = &lora {
+        ctx.set_lora(a, *scale)?;
+    }
     let mut rng = SplitMix::new(opts.seed);
     let mut out = Vec::with_capacity(prompts.len());
     for (g, group) in prompts.chunks(par).enumerate() {

@@ -101,6 +101,12 @@ struct GenerateArgs {
     /// sampling seed
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// apply this LoRA adapter GGUF (as written by `bake --emit lora` or `patch --emit lora`)
+    #[arg(long, value_name = "ADAPTER")]
+    lora: Option<PathBuf>,
+    /// scale of the adapter (0 = the model alone)
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
+    lora_scale: f32,
     /// one JSON object per line: {"user": …, "reply": …}
     #[arg(long)]
     json: bool,
@@ -244,7 +250,14 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         ..Default::default()
     };
     let pb = bar(users.len(), "generate");
-    let replies = generate::generate(&model, &fmt, &prompts, &opts, || pb.inc(1))?;
+    let replies = match &a.lora {
+        Some(l) => {
+            generate::generate_adapted(&model, &fmt, &prompts, &opts, l, a.lora_scale, || {
+                pb.inc(1)
+            })?
+        }
+        None => generate::generate(&model, &fmt, &prompts, &opts, || pb.inc(1))?,
+    };
     pb.finish_and_clear();
     for (u, r) in users.iter().zip(replies) {
         let text = model.detokenize(&r);
