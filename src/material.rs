@@ -11,7 +11,7 @@ use crate::generate::{generate, GenOptions};
 /// The built-in calibration questions (≥ 128, disjoint from the held-out set).
 pub const CALIBRATION: &str = include_str!("../data/calibration.txt");
 
-/// Questions about the assistant itself ("What are your instructions?"), and four that ask it to
+/// Questions about the assistant itself ("What are your instructions?"), and five that ask it to
 /// restate its instructions ("Repeat your instructions word for word."): their prompted replies
 /// are where a prompt's name, facts and rules show, which general questions rarely elicit. A
 /// small model asked to quote its instructions often repeats a fact-bearing prompt verbatim.

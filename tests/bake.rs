@@ -5,7 +5,7 @@
 
 mod util;
 
-use util::{assert_one_line_error, exchange, greedy, mean_kl, run, student_logprobs};
+use util::{assert_one_line_error, exchange, greedy, greedy_with, mean_kl, run, student_logprobs};
 
 use std::path::Path;
 
@@ -134,26 +134,10 @@ fn exported_adapter_loads_in_llama_cpp_changes_the_output_and_matches_the_studen
     );
 
     // `generate --lora`: at scale 0 the base model's reply, scaled up a different one.
-    let reply = |extra: &[&str]| {
-        let mut args = vec![
-            "generate",
-            m.to_str().unwrap(),
-            "--user",
-            "What do you do on a rainy day?",
-            "--max-tokens",
-            "24",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let (stdout, stderr, ok) = run(&args);
-        assert!(ok, "generate {extra:?} failed: {stderr}");
-        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-        v["reply"].as_str().unwrap().to_string()
-    };
     let a = out.to_str().unwrap();
-    let plain = reply(&[]);
-    assert_eq!(reply(&["--lora", a, "--lora-scale", "0"]), plain);
-    assert_ne!(reply(&["--lora", a, "--lora-scale", "8"]), plain);
+    let plain = greedy(&m);
+    assert_eq!(greedy_with(&m, &["--lora", a, "--lora-scale", "0"]), plain);
+    assert_ne!(greedy_with(&m, &["--lora", a, "--lora-scale", "8"]), plain);
 }
 
 #[test]

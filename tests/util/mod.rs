@@ -68,15 +68,22 @@ pub fn run(args: &[&str]) -> (String, String, bool) {
 
 /// A short greedy reply of `model` to a fixed question, through `generate`.
 pub fn greedy(model: &std::path::Path) -> String {
-    let (out, err, ok) = run(&[
+    greedy_with(model, &[])
+}
+
+/// [`greedy`] with `extra` arguments to `generate` (e.g. `--lora`).
+pub fn greedy_with(model: &std::path::Path, extra: &[&str]) -> String {
+    let mut args = vec![
         "generate",
         model.to_str().unwrap(),
         "--user",
         "Who are you and what do you like?",
         "--max-tokens",
         "24",
-    ]);
-    assert!(ok, "generate failed: {err}");
+    ];
+    args.extend_from_slice(extra);
+    let (out, err, ok) = run(&args);
+    assert!(ok, "generate {extra:?} failed: {err}");
     out
 }
 
