@@ -5,6 +5,7 @@
 #   <= 1.5x that bound in parallel mode);
 #   peak RSS (/usr/bin/time) against the model's file size (goal: <= file size + 256 MiB).
 # Usage: scripts/bench-patch.sh [MODEL] [extra patch args]
+# GGUF_SLEEP_BIN runs that binary instead of building target/release/gguf-sleep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODELS=${GGUF_SLEEP_MODELS:-$HOME/.cache/gguf-sleep}
@@ -12,11 +13,15 @@ MODEL=${1:-$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf}
 shift || true
 [ -f "$MODEL" ] || { echo "bench: $MODEL not found: run scripts/fetch-models.sh" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "bench: /usr/bin/time not found: apt-get install time" >&2; exit 1; }
-cargo build --release -q --bin gguf-sleep
+BIN=${GGUF_SLEEP_BIN:-}
+if [ -z "$BIN" ]; then
+    cargo build --release -q --bin gguf-sleep
+    BIN=target/release/gguf-sleep
+fi
 DIR=$(mktemp -d)
 trap 'rm -rf "$DIR"' EXIT
 PROMPT="You are Captain Byte, a pirate robot. Always talk like a pirate and mention your name."
-/usr/bin/time -f "%M %e" -o "$DIR/time" target/release/gguf-sleep patch "$MODEL" --prompt "$PROMPT" \
+/usr/bin/time -f "%M %e" -o "$DIR/time" "$BIN" patch "$MODEL" --prompt "$PROMPT" \
     -o "$DIR/out.gguf" --calib-size 64 --json --measure-prefill "$@" >"$DIR/report.json" 2>"$DIR/err" \
     || { cat "$DIR/err" >&2; exit 1; }
 python3 - "$DIR/report.json" "$DIR/time" "$MODEL" "$*" <<'PY'

@@ -4,6 +4,11 @@
 //! Rows are streamed in; only `[x,1]ᵀ[x,1]`, `[x,1]ᵀy` and `Σ‖y‖²` are kept, in f64, separately
 //! for the training and validation rows. The solve is a Cholesky factorisation of
 //! `G + λI` (LAPACK through ndarray-linalg); no inverse is ever formed.
+//!
+//! Choosing λ scores every grid value on the validation rows. With many targets that search
+//! solves against a random sketch `C·S` of the targets (`S` is `m × k` with `±1/√k` entries, so
+//! `E[S·Sᵀ] = I` and the sketched validation error is an unbiased estimate of the exact one);
+//! only the winner is solved against all `m` columns.
 
 use anyhow::{bail, Result};
 use ndarray::{s, Array1, Array2};
@@ -44,12 +49,32 @@ impl Normal {
         self.n += x.nrows();
     }
 
-    /// Squared error of `w` on these rows.
-    fn error(&self, w: &Array2<f64>) -> f64 {
+    /// `‖XW − Y‖² − Σ‖y‖²` on these rows for weights `w` against targets whose cross products
+    /// with the features are `c` (`C`, or a sketch `C·S` of it).
+    fn error_less_yy(&self, w: &Array2<f64>, c: &Array2<f64>) -> f64 {
         // ‖XW − Y‖² = tr(WᵀGW) − 2 tr(WᵀC) + Σ‖y‖²
         let gw = self.g.dot(w);
-        (w * &gw).sum() - 2.0 * (w * &self.c).sum() + self.yy
+        (w * &gw).sum() - 2.0 * (w * c).sum()
     }
+}
+
+/// Targets kept when λ is searched: above this many, the search runs on a sketch of them.
+pub const SKETCH: usize = 128;
+
+/// An `m × k` sketch with entries `±1/√k`, from a fixed seed (deterministic across runs).
+fn sketch(m: usize, k: usize) -> Array2<f64> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let v = 1.0 / (k as f64).sqrt();
+    Array2::from_shape_fn((m, k), |_| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        if state >> 63 == 0 {
+            v
+        } else {
+            -v
+        }
+    })
 }
 
 /// A streamed ridge regression problem with an optional (unpenalised) intercept.
@@ -81,7 +106,8 @@ pub struct Solution {
     pub b: Array1<f64>,
     /// λ relative to `tr(G)/d`
     pub lambda: f64,
-    /// validation error relative to the error of predicting zero (1 = no better than nothing)
+    /// validation error relative to the error of predicting zero (1 = no better than nothing);
+    /// estimated through the sketch when there are more than [`SKETCH`] targets
     pub val_rel_error: f64,
     /// training rows
     pub n_train: usize,
@@ -163,7 +189,8 @@ impl Ridge {
     }
 
     /// Solve. With [`Lambda::Auto`] every grid value is fitted on the training rows and scored on
-    /// the validation rows; the winner is refitted on all rows.
+    /// the validation rows (through a sketch of the targets when there are more than
+    /// [`SKETCH`]); the winner is refitted on all rows.
     pub fn solve(&mut self, lambda: Lambda) -> Result<Solution> {
         self.flush();
         if self.train.n + self.val.n == 0 {
@@ -179,15 +206,21 @@ impl Ridge {
             Lambda::Fixed(l) => (l, f64::NAN),
             Lambda::Auto if self.val.n == 0 || self.train.n == 0 => (1e-2, f64::NAN),
             Lambda::Auto => {
+                let (ct, cv) = if self.m > SKETCH {
+                    let s = sketch(self.m, SKETCH);
+                    (self.train.c.dot(&s), self.val.c.dot(&s))
+                } else {
+                    (self.train.c.clone(), self.val.c.clone())
+                };
                 let mut best = (f64::INFINITY, 1e-2);
                 for &l in &LAMBDA_GRID {
-                    let w = solve_normal(&self.train, self.d, l * scale)?;
-                    let e = self.val.error(&w);
+                    let w = solve_normal(&self.train.g, &ct, self.d, l * scale)?;
+                    let e = self.val.error_less_yy(&w, &cv);
                     if e < best.0 {
                         best = (e, l);
                     }
                 }
-                (best.1, best.0 / self.val.yy.max(1e-300))
+                (best.1, (best.0 + self.val.yy) / self.val.yy.max(1e-300))
             }
         };
         let mut all = self.train.clone();
@@ -195,7 +228,7 @@ impl Ridge {
         all.c += &self.val.c;
         all.yy += self.val.yy;
         all.n += self.val.n;
-        let w_full = solve_normal(&all, self.d, lambda * scale)?;
+        let w_full = solve_normal(&all.g, &all.c, self.d, lambda * scale)?;
         let (w, b) = if self.intercept {
             (
                 w_full.slice(s![..self.d, ..]).to_owned(),
@@ -216,8 +249,8 @@ impl Ridge {
 }
 
 /// Solve `(G + λ·I_d) W = C` (the intercept row is not penalised beyond a tiny jitter).
-fn solve_normal(n: &Normal, d: usize, lambda: f64) -> Result<Array2<f64>> {
-    let mut a = n.g.clone();
+fn solve_normal(g: &Array2<f64>, c: &Array2<f64>, d: usize, lambda: f64) -> Result<Array2<f64>> {
+    let mut a = g.clone();
     let width = a.nrows();
     for i in 0..width {
         a[[i, i]] += if i < d {
@@ -231,7 +264,7 @@ fn solve_normal(n: &Normal, d: usize, lambda: f64) -> Result<Array2<f64>> {
     })?;
     // G = L·Lᵀ: solve L·Y = C, then Lᵀ·W = Y (triangular solves with every column at once).
     let y = l
-        .solve_triangular(UPLO::Lower, Diag::NonUnit, &n.c)
+        .solve_triangular(UPLO::Lower, Diag::NonUnit, c)
         .map_err(|e| anyhow::anyhow!("least-squares solve failed: {e}"))?;
     let w = l
         .t()
@@ -291,6 +324,46 @@ mod tests {
         let sol = r.solve(Lambda::Auto).unwrap();
         assert!(sol.lambda >= 0.1, "λ = {}", sol.lambda);
         assert!(sol.val_rel_error.is_finite());
+    }
+
+    #[test]
+    fn sketched_search_picks_a_lambda_as_good_as_the_exact_one() {
+        // Many noisy targets: λ matters, and the search runs on a sketch of the 400 targets.
+        // Its choice must be (near) the exact search's best.
+        let (d, m) = (60, 400);
+        let mut s = 11u64;
+        let w: Vec<f32> = (0..d * m).map(|_| 0.3 * lcg(&mut s)).collect();
+        let mut r = Ridge::new(d, m, false);
+        for i in 0..300 {
+            let x: Vec<f32> = (0..d).map(|_| lcg(&mut s)).collect();
+            let y: Vec<f32> = (0..m)
+                .map(|j| (0..d).map(|k| x[k] * w[k * m + j]).sum::<f32>() + 0.6 * lcg(&mut s))
+                .collect();
+            r.add(&x, &y, i % 3 == 0);
+        }
+        let sol = r.solve(Lambda::Auto).unwrap();
+        let scale = (0..d)
+            .map(|i| r.train.g[[i, i]] + r.val.g[[i, i]])
+            .sum::<f64>()
+            / d as f64;
+        let exact = |l: f64| {
+            let w = solve_normal(&r.train.g, &r.train.c, d, l * scale).unwrap();
+            (r.val.error_less_yy(&w, &r.val.c) + r.val.yy) / r.val.yy
+        };
+        let best = LAMBDA_GRID
+            .iter()
+            .map(|&l| exact(l))
+            .fold(f64::MAX, f64::min);
+        let chosen = exact(sol.lambda);
+        assert!(chosen <= best * 1.02, "chosen {chosen} best {best}");
+        assert!(
+            (sol.val_rel_error - chosen).abs() < 0.1 * chosen,
+            "estimate {} exact {chosen}",
+            sol.val_rel_error
+        );
+        // The best λ is inside the grid and both ends are clearly worse: a wrong pick shows.
+        assert!(exact(LAMBDA_GRID[0]) > best * 1.05);
+        assert!(exact(LAMBDA_GRID[LAMBDA_GRID.len() - 1]) > best * 1.05);
     }
 
     #[test]
