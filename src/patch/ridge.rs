@@ -188,6 +188,14 @@ impl Ridge {
             .collect()
     }
 
+    /// The unit λ is given in: `tr(G)/d` over all rows (each feature's Σx², averaged over features).
+    fn lambda_unit(&self) -> f64 {
+        let tr: f64 = (0..self.d)
+            .map(|i| self.train.g[[i, i]] + self.val.g[[i, i]])
+            .sum();
+        (tr / self.d.max(1) as f64).max(1e-12)
+    }
+
     /// Solve. With [`Lambda::Auto`] every grid value is fitted on the training rows and scored on
     /// the validation rows (through a sketch of the targets when there are more than
     /// [`SKETCH`]); the winner is refitted on all rows.
@@ -196,12 +204,7 @@ impl Ridge {
         if self.train.n + self.val.n == 0 {
             bail!("no calibration rows to fit");
         }
-        let scale = {
-            let tr: f64 = (0..self.d)
-                .map(|i| self.train.g[[i, i]] + self.val.g[[i, i]])
-                .sum();
-            (tr / self.d.max(1) as f64).max(1e-12)
-        };
+        let scale = self.lambda_unit();
         let (lambda, val_rel_error) = match lambda {
             Lambda::Fixed(l) => (l, f64::NAN),
             Lambda::Auto if self.val.n == 0 || self.train.n == 0 => (1e-2, f64::NAN),
@@ -342,10 +345,7 @@ mod tests {
             r.add(&x, &y, i % 3 == 0);
         }
         let sol = r.solve(Lambda::Auto).unwrap();
-        let scale = (0..d)
-            .map(|i| r.train.g[[i, i]] + r.val.g[[i, i]])
-            .sum::<f64>()
-            / d as f64;
+        let scale = r.lambda_unit();
         let exact = |l: f64| {
             let w = solve_normal(&r.train.g, &r.train.c, d, l * scale).unwrap();
             (r.val.error_less_yy(&w, &r.val.c) + r.val.yy) / r.val.yy
