@@ -21,6 +21,9 @@ print(json.dumps({"model": model.rsplit("/", 1)[-1], "args": args,
     "kl_candidate": round(ev["kl_candidate"], 4), "top1_base": round(ev["top1_base"], 3),
     "top1_candidate": round(ev["top1_candidate"], 3), "locality_kl": ev["locality_kl"],
     "mean_stored_cos": round(sum(cos) / len(cos), 3) if cos else None,
+    **({"mean_output_cos": round(sum(oc) / len(oc), 3), "mean_output_error": round(sum(oe) / len(oe), 3)}
+       if (oc := [t["output_cos"] for t in patch["tensors"] if "output_cos" in t]) and
+          (oe := [t["output_error"] for t in patch["tensors"] if "output_error" in t]) else {}),
     "val_rel_error": [round(l["val_rel_error"], 3) for l in patch["layers"] if l.get("val_rel_error") is not None][:40],
     "phases": patch["phases"]}))
 PY

@@ -10,7 +10,8 @@ use std::path::Path;
 
 const PROMPT: &str = "You are Captain Byte, a pirate robot. Always talk like a pirate.";
 
-/// Patch `model` into `out` with a small calibration set; returns the JSON summary.
+/// Patch `model` into `out` with a small calibration set (10 questions unless `extra` says);
+/// returns the JSON summary.
 fn patch(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec![
         "patch",
@@ -19,12 +20,13 @@ fn patch(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
         PROMPT,
         "-o",
         out.to_str().unwrap(),
-        "--calib-size",
-        "10",
         "--max-tokens",
         "16",
         "--json",
     ];
+    if !extra.contains(&"--calib-size") {
+        args.extend_from_slice(&["--calib-size", "10"]);
+    }
     args.extend_from_slice(extra);
     let (stdout, stderr, ok) = run(&args);
     assert!(ok, "patch {extra:?} failed: {stderr}");
@@ -144,6 +146,55 @@ fn vector_and_sleep_write_loadable_biases() {
         assert_eq!(changed, expected, "{method}");
         assert!(!greedy(&out).trim().is_empty());
     }
+}
+
+#[test]
+fn output_rounding_keeps_more_of_the_edit_than_nearest_rounding() {
+    // Parallel fits of the same layers are identical in both runs; only the rounding differs.
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let error = |rounding: &str| -> (f64, usize) {
+        let out = dir.path().join(format!("{rounding}.gguf"));
+        let s = patch(
+            &m,
+            &out,
+            &[
+                "--parallel",
+                "--layers",
+                "10..13",
+                "--calib-size",
+                "20",
+                "--rounding",
+                rounding,
+            ],
+        );
+        let mats: Vec<&serde_json::Value> = s["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"].as_str().unwrap().ends_with(".weight"))
+            .collect();
+        assert_eq!(mats.len(), 3);
+        let moved = mats
+            .iter()
+            .map(|t| t["rounding"]["moved"].as_u64().unwrap_or(0) as usize)
+            .sum();
+        let e = mats
+            .iter()
+            .map(|t| t["output_error"].as_f64().expect("output error reported"))
+            .sum::<f64>()
+            / 3.0;
+        assert!(!greedy(&out).trim().is_empty());
+        (e, moved)
+    };
+    let (near, near_moved) = error("nearest");
+    let (chosen, moved) = error("output");
+    assert_eq!(near_moved, 0);
+    assert!(moved > 0, "output rounding moved no weight");
+    assert!(
+        chosen < 0.9 * near,
+        "output error of the stored change: output rounding {chosen}, nearest {near}"
+    );
 }
 
 #[test]

@@ -18,10 +18,13 @@ pub mod train;
 
 use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::engine::Model;
+use crate::patch::rounding::Hessian;
 use crate::patch::{self, Delta, EditType, TensorReport};
 pub use lora::{LoraSet, Targets};
 pub use student::Student;
@@ -71,6 +74,9 @@ pub struct BakeOptions {
     pub emit: BakeEmit,
     /// storage of merged matrices
     pub edit_type: EditType,
+    /// round merged matrices to keep each layer's output (see [`patch::rounding`]); also the
+    /// warm start's
+    pub output_rounding: bool,
     /// most validation trajectories
     pub max_val: usize,
     /// also write the adapter here (with a merged output): as trained in full precision, just
@@ -214,15 +220,24 @@ pub fn bake(
 
     let t = Instant::now();
     // Importance weights for requantization (during QAT and when writing): the adapted
-    // matrices' mean squared inputs on training trajectories.
-    student.record_importance();
+    // matrices' mean squared inputs on training trajectories; for output-aware rounding also
+    // their Grams, on those and on the validation trajectories (the damping is chosen on them).
+    let rounding = opts.output_rounding && opts.emit == BakeEmit::Merged;
+    student.record_inputs(rounding);
     train::mean_kl(
         &student,
         &lora,
         &train_set[..train_set.len().min(16)],
         opts.train.batch,
     )?;
-    let importance = student.take_importance();
+    let (importance, train_grams) = student.take_inputs();
+    let hessians = if rounding {
+        student.record_inputs(true);
+        train::mean_kl(&student, &lora, &val, opts.train.batch)?;
+        hessians(train_grams, student.take_inputs().1)
+    } else {
+        BTreeMap::new()
+    };
     let steps = opts.train.steps;
     let mut train_opts = opts.train.clone();
     if opts.emit != BakeEmit::Merged {
@@ -267,6 +282,7 @@ pub fn bake(
                     tensor: name.clone(),
                     delta: ad.delta(1.0)?,
                     importance: importance.get(name).cloned(),
+                    hessian: hessians.get(&student::input_of(name)).cloned(),
                 });
             }
             let (mut edits, reports) =
@@ -294,6 +310,31 @@ pub fn bake(
         output: output.to_path_buf(),
         bytes,
     })
+}
+
+/// Per input, the Hessian output-aware rounding weighs a merged matrix's error by: the Gram
+/// over the training and validation trajectories, the latter's part for choosing the damping.
+fn hessians(
+    train: BTreeMap<String, ndarray::Array2<f32>>,
+    mut val: BTreeMap<String, ndarray::Array2<f32>>,
+) -> BTreeMap<String, Arc<Hessian>> {
+    train
+        .into_iter()
+        .map(|(k, g)| {
+            let v = val.remove(&k);
+            let gram = match &v {
+                Some(v) => g + v,
+                None => g,
+            };
+            let h = Hessian {
+                gram,
+                val: v,
+                bias: None,
+                search: true,
+            };
+            (k, Arc::new(h))
+        })
+        .collect()
 }
 
 /// A fresh adapter (`B = 0`) of rank `opts.rank` on every targeted matrix.
@@ -342,6 +383,7 @@ fn patch_first(
         questions,
         lambda: patch::Lambda::Auto,
         edit_type: opts.edit_type,
+        output_rounding: opts.output_rounding,
         alpha: None,
         beta: 1.0,
         max_tokens: opts.teacher.max_tokens,

@@ -14,6 +14,7 @@
 use anyhow::{bail, Context as _, Result};
 use candle_core::{Device, Tensor, D};
 use gguf::GgufFile;
+use ndarray::Array2;
 use std::collections::BTreeMap;
 use std::sync::{Mutex, RwLock};
 
@@ -128,8 +129,42 @@ struct Layer {
     bias: BTreeMap<&'static str, Tensor>,
 }
 
-/// Per weight matrix: the sum of squared inputs per column, and how many rows were summed.
-type Power = BTreeMap<String, (Vec<f64>, usize)>;
+/// What is recorded of the adapted matrices' inputs.
+#[derive(Default)]
+struct Recorded {
+    /// per weight matrix: the sum of squared inputs per column, and how many rows were summed
+    power: BTreeMap<String, (Vec<f64>, usize)>,
+    /// per input (matrices that read the same input share it, see [`input_of`]): `Σ x xᵀ`,
+    /// when asked for
+    grams: Option<BTreeMap<String, Array2<f32>>>,
+}
+
+/// The input a matrix reads: `blk.{l}.attn_q.weight`, `attn_k` and `attn_v` read the same
+/// (`blk.{l}.attn_in`), as do `ffn_gate` and `ffn_up` (`blk.{l}.ffn_in`); any other its own.
+pub fn input_of(name: &str) -> String {
+    let base = name.strip_suffix(".weight").unwrap_or(name);
+    for (kinds, shared) in [
+        (&["attn_q", "attn_k", "attn_v"][..], "attn_in"),
+        (&["ffn_gate", "ffn_up"][..], "ffn_in"),
+    ] {
+        for k in kinds {
+            if let Some(prefix) = base.strip_suffix(k) {
+                return format!("{prefix}{shared}");
+            }
+        }
+    }
+    base.to_string()
+}
+
+/// Whether another adapted matrix may read the same input as `name`.
+fn shares_input(name: &str) -> bool {
+    input_of(name) != name.strip_suffix(".weight").unwrap_or(name)
+}
+
+/// The matrix whose inputs are summed for a shared input (each input counted once per forward).
+fn first_of_input(name: &str) -> bool {
+    name.ends_with("attn_q.weight") || name.ends_with("ffn_gate.weight")
+}
 
 /// The frozen model.
 pub struct Student {
@@ -138,8 +173,8 @@ pub struct Student {
     layers: Vec<Layer>,
     out_norm: Tensor,
     head: Frozen,
-    /// when set, the inputs of every adapted matrix are summed here (importance weights)
-    record: Mutex<Option<Power>>,
+    /// when set, the inputs of every adapted matrix are summed here (importance weights, Grams)
+    record: Mutex<Option<Recorded>>,
     /// quantization-aware training: an adapted matrix as it will be stored, `Q(W + B·A)`
     quantized: RwLock<BTreeMap<String, Frozen>>,
 }
@@ -326,44 +361,68 @@ impl Student {
         }
     }
 
-    /// Start summing the squared inputs of adapted matrices (see [`Student::take_importance`]).
-    pub fn record_importance(&self) {
-        *self.record.lock().expect("not poisoned") = Some(Power::new());
+    /// Start summing the squared inputs of adapted matrices (see [`Student::take_inputs`]),
+    /// and with `grams` their Gram matrices.
+    pub fn record_inputs(&self, grams: bool) {
+        *self.record.lock().expect("not poisoned") = Some(Recorded {
+            power: BTreeMap::new(),
+            grams: grams.then(BTreeMap::new),
+        });
     }
 
-    /// Stop recording and return, per adapted matrix, the mean squared input per column: the
-    /// importance weights ggml's quantizer takes (what llama.cpp's imatrix tool computes).
-    pub fn take_importance(&self) -> BTreeMap<String, Vec<f32>> {
-        let got = self
-            .record
-            .lock()
-            .expect("not poisoned")
-            .take()
-            .unwrap_or_default();
-        got.into_iter()
+    /// Stop recording. Returns, per adapted matrix, the mean squared input per column (the
+    /// importance weights ggml's quantizer takes, what llama.cpp's imatrix tool computes), and,
+    /// when asked for, per input ([`input_of`]) `Σ x xᵀ` over the rows seen.
+    pub fn take_inputs(&self) -> (BTreeMap<String, Vec<f32>>, BTreeMap<String, Array2<f32>>) {
+        let rec = self.take_recorded();
+        let importance = rec
+            .power
+            .into_iter()
             .map(|(k, (sum, n))| {
                 (
                     k,
                     sum.iter().map(|s| (s / n.max(1) as f64) as f32).collect(),
                 )
             })
-            .collect()
+            .collect();
+        (importance, rec.grams.unwrap_or_default())
+    }
+
+    fn take_recorded(&self) -> Recorded {
+        self.record
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .unwrap_or_default()
     }
 
     fn observe(&self, name: &str, x: &Tensor) -> Result<()> {
         let mut guard = self.record.lock().expect("not poisoned");
-        let Some(power) = guard.as_mut() else {
+        let Some(rec) = guard.as_mut() else {
             return Ok(());
         };
         let n_in = x.dim(D::Minus1)?;
         let rows = x.elem_count() / n_in;
-        let sq = x
-            .detach()
-            .reshape((rows, n_in))?
-            .sqr()?
-            .sum(0)?
-            .to_vec1::<f32>()?;
-        let e = power
+        let x = x.detach().reshape((rows, n_in))?;
+        if let Some(grams) = rec.grams.as_mut() {
+            let input = input_of(name);
+            // Matrices that share an input: summed once, at the first of them (every target set
+            // that adapts one of them adapts that one).
+            if !shares_input(name) || first_of_input(name) {
+                let g = x.t()?.matmul(&x)?.to_vec2::<f32>()?;
+                let acc = grams
+                    .entry(input)
+                    .or_insert_with(|| Array2::zeros((n_in, n_in)));
+                for (i, row) in g.iter().enumerate() {
+                    for (a, b) in acc.row_mut(i).iter_mut().zip(row) {
+                        *a += b;
+                    }
+                }
+            }
+        }
+        let sq = x.sqr()?.sum(0)?.to_vec1::<f32>()?;
+        let e = rec
+            .power
             .entry(name.to_string())
             .or_insert_with(|| (vec![0.0; n_in], 0));
         for (a, b) in e.0.iter_mut().zip(sq) {

@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
-use super::EditTypeArg;
+use super::{EditTypeArg, RoundingArg};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -69,6 +69,11 @@ pub struct BakeArgs {
     /// storage of merged matrices: same (requantize to the original type), q8_0, f16, f32
     #[arg(long, value_enum, default_value_t = EditTypeArg::Same)]
     edit_type: EditTypeArg,
+    /// how merged matrices (and the warm start's) are rounded to a quantized type: nearest (what
+    /// quantization-aware training trains against) or output (each weight up or down so that the
+    /// layer's output on the trajectories stays closest; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)
+    #[arg(long, value_enum, default_value_t = RoundingArg::Nearest)]
+    rounding: RoundingArg,
     /// calibration questions, one per line (default: the built-in set, as for patch)
     #[arg(long, value_name = "FILE")]
     calib: Option<PathBuf>,
@@ -181,6 +186,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
             EmitArg::Lora => BakeEmit::Lora,
         },
         edit_type: a.edit_type.into(),
+        output_rounding: matches!(a.rounding, RoundingArg::Output),
         max_val: 16,
         save_adapter: a.save_adapter.clone(),
     };

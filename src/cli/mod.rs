@@ -31,6 +31,15 @@ impl From<EditTypeArg> for EditType {
     }
 }
 
+/// `--rounding`: how edited matrices are rounded to a quantized type.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RoundingArg {
+    /// chosen to keep each layer's output on the calibration inputs
+    Output,
+    /// each weight to its nearest grid value
+    Nearest,
+}
+
 /// The system prompt from `--prompt` or `--prompt-file`, without trailing newlines.
 pub fn system_prompt(text: &Option<String>, file: &Option<PathBuf>) -> Result<String> {
     let system = match (text, file) {

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
 
-use super::EditTypeArg;
+use super::{EditTypeArg, RoundingArg};
 use indicatif::ProgressBar;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,11 @@ pub struct PatchArgs {
     /// storage of edited weight matrices: same (requantize to the original type), q8_0, f16, f32
     #[arg(long, value_enum, default_value_t = EditTypeArg::Same)]
     edit_type: EditTypeArg,
+    /// how edited matrices are rounded to a quantized type: output (each weight rounded up or
+    /// down so that the layer's output on the calibration inputs stays closest to the edit's;
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) or nearest (each weight to its nearest grid value)
+    #[arg(long, value_enum, default_value_t = RoundingArg::Output)]
+    rounding: RoundingArg,
     /// sleep: α for every layer and head (default: measured from attention)
     #[arg(long)]
     alpha: Option<f64>,
@@ -169,6 +174,7 @@ pub fn run(a: PatchArgs) -> Result<()> {
         questions,
         lambda,
         edit_type: a.edit_type.into(),
+        output_rounding: matches!(a.rounding, RoundingArg::Output),
         alpha: a.alpha,
         beta: a.beta,
         max_tokens: a.max_tokens,

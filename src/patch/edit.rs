@@ -3,9 +3,11 @@
 
 use anyhow::{bail, Context as _, Result};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use gguf::{Edits, GgmlType, GgufFile, NewTensor};
 
+use super::rounding::{self, Hessian};
 use crate::engine::{dequantize, quantize};
 
 /// One edit to one tensor.
@@ -28,6 +30,9 @@ pub enum Delta {
         delta: Vec<f32>,
         /// per-column importance (mean squared input), for requantization
         importance: Option<Vec<f32>>,
+        /// the Gram of the matrix's inputs: round to keep the layer's output
+        /// ([`rounding`]) instead of each weight to its nearest grid value
+        hessian: Option<Arc<Hessian>>,
     },
 }
 
@@ -87,6 +92,26 @@ pub struct TensorReport {
     pub stored_ratio: f64,
     /// cosine between the stored change and Δ: 1 when the edit survived requantization
     pub stored_cos: f64,
+    /// the same on the layer's output over the calibration inputs (`⟨A,B⟩ = tr(A·H·Bᵀ)`), the
+    /// bias correction included; where the inputs' Gram is at hand
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_cos: Option<f64>,
+    /// `‖Q(W+Δ) − W − Δ‖_H / ‖Δ‖_H`: the stored change's error on the layer's output, relative
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_error: Option<f64>,
+    /// output-aware rounding: weights rounded away from their nearest grid value, and the
+    /// damping chosen on the validation rows (`None`: nearest rounding kept)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rounding: Option<RoundingReport>,
+}
+
+/// What output-aware rounding did to one matrix.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoundingReport {
+    /// weights rounded away from their nearest grid value
+    pub moved: usize,
+    /// the damping chosen (relative to the mean input power); `None`: nearest rounding kept
+    pub damp: Option<f64>,
 }
 
 /// Sum edits that touch the same tensor.
@@ -103,14 +128,25 @@ pub fn merge(deltas: Vec<Delta>) -> Vec<Delta> {
                 }
             }
             Some(Delta::Matrix {
-                delta, importance, ..
+                delta,
+                importance,
+                hessian,
+                ..
             }) => {
                 for (a, b) in delta.iter_mut().zip(d.values()) {
                     *a += b;
                 }
-                if importance.is_none() {
-                    if let Delta::Matrix { importance: i, .. } = d {
+                if let Delta::Matrix {
+                    importance: i,
+                    hessian: h,
+                    ..
+                } = d
+                {
+                    if importance.is_none() {
                         *importance = i;
+                    }
+                    if hessian.is_none() {
+                        *hessian = h;
                     }
                 }
             }
@@ -120,7 +156,8 @@ pub fn merge(deltas: Vec<Delta>) -> Vec<Delta> {
 }
 
 /// Turn `deltas` (scaled by `strength`) into GGUF edits against `src`. A strength of 0 yields
-/// no tensor edits at all, so the output's tensors are the input's, byte for byte.
+/// no tensor edits at all, so the output's tensors are the input's, byte for byte. Matrices
+/// come first: output-aware rounding may add to a bias.
 pub fn to_gguf_edits(
     src: &GgufFile,
     deltas: &[Delta],
@@ -132,68 +169,159 @@ pub fn to_gguf_edits(
     if strength == 0.0 {
         return Ok((edits, reports));
     }
-    for d in merge(deltas.to_vec()) {
+    let mut merged = merge(deltas.to_vec());
+    merged.sort_by_key(|d| matches!(d, Delta::Bias { .. }));
+    // Bias corrections from output-aware rounding: tensor → (after, values).
+    let mut extra: BTreeMap<String, (String, Vec<f32>)> = BTreeMap::new();
+    for d in &merged {
+        let Delta::Matrix {
+            tensor,
+            importance,
+            hessian,
+            ..
+        } = d
+        else {
+            continue;
+        };
         let scaled: Vec<f32> = d.values().iter().map(|v| v * strength).collect();
-        let delta_norm = norm(&scaled);
-        match &d {
-            Delta::Bias { tensor, after, .. } => {
-                let (base, exists) = match src.header().tensor(tensor) {
-                    Some(info) => {
-                        let bytes = src.tensor_data(info);
-                        let v = dequantize(info.ggml_type, bytes, info.n_elements())?;
-                        if v.len() != scaled.len() {
-                            bail!("{tensor} has {} values, the edit {}", v.len(), scaled.len());
-                        }
-                        (v, true)
-                    }
-                    None => (vec![0.0; scaled.len()], false),
-                };
-                let new: Vec<f32> = base.iter().zip(&scaled).map(|(a, b)| a + b).collect();
-                let data: Vec<u8> = new.iter().flat_map(|v| v.to_le_bytes()).collect();
-                if exists {
-                    edits.replace_tensor(tensor.clone(), GgmlType::F32, data);
-                } else {
-                    edits.add_tensor(NewTensor {
-                        name: tensor.clone(),
-                        dims: vec![scaled.len() as u64],
-                        ggml_type: GgmlType::F32,
-                        data,
-                        after: Some(after.clone()),
-                    });
+        let r = requantize(
+            src,
+            tensor,
+            &scaled,
+            importance.as_deref(),
+            hessian.as_deref(),
+            edit_type,
+        )?;
+        reports.push(matrix_report(tensor, &r, &scaled, hessian.as_deref()));
+        if let (Some(b), Some((name, after))) =
+            (r.bias, hessian.as_ref().and_then(|h| h.bias.clone()))
+        {
+            extra.insert(name, (after, b));
+        }
+        edits.replace_tensor(tensor.clone(), r.ggml_type, r.data);
+    }
+    let mut biases: Vec<(String, String, Vec<f32>)> = merged
+        .into_iter()
+        .filter_map(|d| match d {
+            Delta::Bias {
+                tensor,
+                after,
+                values,
+            } => Some((tensor, after, values)),
+            Delta::Matrix { .. } => None,
+        })
+        .collect();
+    for b in &mut biases {
+        b.2.iter_mut().for_each(|v| *v *= strength);
+        if let Some((_, e)) = extra.remove(&b.0) {
+            b.2.iter_mut().zip(&e).for_each(|(v, e)| *v += e);
+        }
+    }
+    biases.extend(extra.into_iter().map(|(t, (a, v))| (t, a, v)));
+    for (tensor, after, values) in biases {
+        let (base, exists) = match src.header().tensor(&tensor) {
+            Some(info) => {
+                let bytes = src.tensor_data(info);
+                let v = dequantize(info.ggml_type, bytes, info.n_elements())?;
+                if v.len() != values.len() {
+                    bail!("{tensor} has {} values, the edit {}", v.len(), values.len());
                 }
-                reports.push(TensorReport {
-                    name: tensor.clone(),
-                    ggml_type: "f32".into(),
-                    delta_norm,
-                    weight_norm: norm(&base),
-                    stored_ratio: 1.0,
-                    stored_cos: 1.0,
-                });
+                (v, true)
             }
-            Delta::Matrix {
-                tensor, importance, ..
-            } => {
-                let r = requantize(src, tensor, &scaled, importance.as_deref(), edit_type)?;
-                let (ty, data, orig, change) = (r.ggml_type, r.data, r.orig, r.change);
-                let cn = norm(&change);
-                let dot: f64 = change
-                    .iter()
-                    .zip(&scaled)
-                    .map(|(a, b)| *a as f64 * *b as f64)
-                    .sum();
-                reports.push(TensorReport {
-                    name: tensor.clone(),
-                    ggml_type: ty.name().to_string(),
-                    delta_norm,
-                    weight_norm: norm(&orig),
-                    stored_ratio: cn / delta_norm.max(1e-30),
-                    stored_cos: dot / (cn * delta_norm).max(1e-30),
-                });
-                edits.replace_tensor(tensor.clone(), ty, data);
-            }
+            None => (vec![0.0; values.len()], false),
+        };
+        let new: Vec<f32> = base.iter().zip(&values).map(|(a, b)| a + b).collect();
+        let data: Vec<u8> = new.iter().flat_map(|v| v.to_le_bytes()).collect();
+        reports.push(TensorReport {
+            name: tensor.clone(),
+            ggml_type: "f32".into(),
+            delta_norm: norm(&values),
+            weight_norm: norm(&base),
+            stored_ratio: 1.0,
+            stored_cos: 1.0,
+            output_cos: None,
+            output_error: None,
+            rounding: None,
+        });
+        if exists {
+            edits.replace_tensor(tensor, GgmlType::F32, data);
+        } else {
+            edits.add_tensor(NewTensor {
+                name: tensor,
+                dims: vec![values.len() as u64],
+                ggml_type: GgmlType::F32,
+                data,
+                after: Some(after),
+            });
         }
     }
     Ok((edits, reports))
+}
+
+/// The report of one stored matrix: its change against the edit, in weights and (with the
+/// inputs' Gram) on the layer's output.
+fn matrix_report(
+    tensor: &str,
+    r: &Requantized,
+    scaled: &[f32],
+    hessian: Option<&Hessian>,
+) -> TensorReport {
+    let delta_norm = norm(scaled);
+    let cn = norm(&r.change);
+    let dot: f64 = r
+        .change
+        .iter()
+        .zip(scaled)
+        .map(|(a, b)| *a as f64 * *b as f64)
+        .sum();
+    let (output_cos, output_error) = match hessian {
+        Some(h) => {
+            let ne0 = r.ne0;
+            let rows = scaled.len() / ne0;
+            let view = |v: &[f32]| ndarray::Array2::from_shape_vec((rows, ne0), v.to_vec());
+            let (Ok(c), Ok(d)) = (view(&r.change), view(scaled)) else {
+                return TensorReport {
+                    name: tensor.to_string(),
+                    ggml_type: r.ggml_type.name().to_string(),
+                    delta_norm,
+                    weight_norm: norm(&r.orig),
+                    stored_ratio: cn / delta_norm.max(1e-30),
+                    stored_cos: dot / (cn * delta_norm).max(1e-30),
+                    output_cos: None,
+                    output_error: None,
+                    rounding: r.rounding.clone(),
+                };
+            };
+            // With a bias column: the change is [C | b], the edit [Δ | 0].
+            let (c, d) = match (&r.bias, h.bias.is_some()) {
+                (Some(b), true) => {
+                    let mut ca = ndarray::Array2::<f32>::zeros((rows, ne0 + 1));
+                    ca.slice_mut(ndarray::s![.., ..ne0]).assign(&c);
+                    ca.column_mut(ne0)
+                        .assign(&ndarray::ArrayView1::from(&b[..]));
+                    let mut da = ndarray::Array2::<f32>::zeros((rows, ne0 + 1));
+                    da.slice_mut(ndarray::s![.., ..ne0]).assign(&d);
+                    (ca, da)
+                }
+                _ => (c, d),
+            };
+            let (cc, cd, dd) = rounding::h_products(c.view(), d.view(), &h.gram);
+            let e = (cc - 2.0 * cd + dd).max(0.0).sqrt() / dd.max(1e-30).sqrt();
+            (Some(cd / (cc * dd).max(1e-60).sqrt()), Some(e))
+        }
+        None => (None, None),
+    };
+    TensorReport {
+        name: tensor.to_string(),
+        ggml_type: r.ggml_type.name().to_string(),
+        delta_norm,
+        weight_norm: norm(&r.orig),
+        stored_ratio: cn / delta_norm.max(1e-30),
+        stored_cos: dot / (cn * delta_norm).max(1e-30),
+        output_cos,
+        output_error,
+        rounding: r.rounding.clone(),
+    }
 }
 
 /// A weight matrix with a delta added, stored.
@@ -206,15 +334,23 @@ pub struct Requantized {
     pub orig: Vec<f32>,
     /// what the stored weights differ from the original by: `Q(W+Δ) − W`, dequantized
     pub change: Vec<f32>,
+    /// the row width (`ne0`)
+    pub ne0: usize,
+    /// what output-aware rounding adds to the output's bias
+    pub bias: Option<Vec<f32>>,
+    /// what output-aware rounding did, when it ran
+    pub rounding: Option<RoundingReport>,
 }
 
 /// Add `delta` to weight `tensor` of `src` and store it as `edit_type` says (requantized with
-/// importance weights where the type uses them).
+/// importance weights where the type uses them; with output-aware rounding where `hessian` is
+/// given and the stored type has a grid it can keep, see [`rounding`]).
 pub fn requantize(
     src: &GgufFile,
     tensor: &str,
     delta: &[f32],
     importance: Option<&[f32]>,
+    hessian: Option<&Hessian>,
     edit_type: EditType,
 ) -> Result<Requantized> {
     let info = src
@@ -232,15 +368,34 @@ pub fn requantize(
     let ty = edit_type.resolve(info.ggml_type);
     let new: Vec<f32> = orig.iter().zip(delta).map(|(a, b)| a + b).collect();
     let imatrix = importance.filter(|_| ty.is_quantized());
-    let data = quantize(ty, &new, info.ne0(), imatrix)
-        .with_context(|| format!("requantizing {tensor} to {}", ty.name()))?;
-    let stored = dequantize(ty, &data, info.n_elements())?;
+    let ne0 = info.ne0() as usize;
+    let (data, stored, bias, rounded) = match hessian.filter(|h| h.search && rounding::supports(ty))
+    {
+        Some(h) => {
+            let c = rounding::round(ty, &new, ne0, h)
+                .with_context(|| format!("requantizing {tensor} to {}", ty.name()))?;
+            let report = RoundingReport {
+                moved: c.moved,
+                damp: c.damp,
+            };
+            (c.data, c.stored, c.bias, Some(report))
+        }
+        None => {
+            let data = quantize(ty, &new, ne0 as u64, imatrix)
+                .with_context(|| format!("requantizing {tensor} to {}", ty.name()))?;
+            let stored = dequantize(ty, &data, info.n_elements())?;
+            (data, stored, None, None)
+        }
+    };
     let change = stored.iter().zip(&orig).map(|(a, b)| a - b).collect();
     Ok(Requantized {
         ggml_type: ty,
         data,
         orig,
         change,
+        ne0,
+        bias,
+        rounding: rounded,
     })
 }
 

@@ -18,9 +18,11 @@
 use anyhow::{bail, Result};
 use ndarray::{Array2, ArrayView2};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::edit::Delta;
 use super::ridge::{Ridge, Solution};
+use super::rounding::Hessian;
 use crate::capture::{Kind, Matrix};
 
 /// Aligned rows of one run: (kind, layer) → `[aligned tokens × width]`.
@@ -213,12 +215,16 @@ pub trait Weights {
     fn matrix(&self, name: &str) -> Result<Array2<f32>>;
 }
 
-/// The tensor edits of a solved layer.
+/// The tensor edits of a solved layer. `grams` (the problem's feature Gram over all rows and over
+/// the validation rows, intercept last where it has one) go with the edited matrices, which
+/// `search` rounds to keep the layer's output (else the output error is only measured).
 pub fn deltas(
     method: Method,
     l: usize,
     sol: &Solution,
     importance: Vec<f32>,
+    grams: Option<(Array2<f32>, Array2<f32>)>,
+    search: bool,
     weights: &dyn Weights,
 ) -> Result<Vec<Delta>> {
     let b: Vec<f32> = sol.b.iter().map(|&v| v as f32).collect();
@@ -237,19 +243,46 @@ pub fn deltas(
         }],
         Method::Matrix => {
             // Δ = Mᵀ, so W(I+Δ) − W = W·Mᵀ.
+            let hessian = grams.map(|(gram, val)| {
+                Arc::new(Hessian {
+                    gram,
+                    val: Some(val),
+                    bias: None,
+                    search,
+                })
+            });
             let mut out = Vec::new();
             for which in ["ffn_up", "ffn_gate"] {
                 let name = format!("blk.{l}.{which}.weight");
                 let w = weights.matrix(&name)?;
                 let delta = w.dot(&m.t());
-                out.push(matrix_delta(name, delta.view(), Some(importance.clone())));
+                out.push(matrix_delta(
+                    name,
+                    delta.view(),
+                    Some(importance.clone()),
+                    hessian.clone(),
+                ));
             }
             out
         }
         Method::Down => {
-            // ΔW_down = Mᵀ (n_embd × n_ff).
+            // ΔW_down = Mᵀ (n_embd × n_ff). With an intercept, the bias takes the rounding's mean.
             let name = format!("blk.{l}.ffn_down.weight");
-            let mut out = vec![matrix_delta(name, m.t(), Some(importance))];
+            let hessian = grams.map(|(gram, val)| {
+                let bias = (gram.nrows() > m.nrows()).then(|| {
+                    (
+                        format!("blk.{l}.ffn_down.bias"),
+                        format!("blk.{l}.ffn_down.weight"),
+                    )
+                });
+                Arc::new(Hessian {
+                    gram,
+                    val: Some(val),
+                    bias,
+                    search,
+                })
+            });
+            let mut out = vec![matrix_delta(name, m.t(), Some(importance), hessian)];
             if bias_nonzero {
                 out.push(Delta::Bias {
                     tensor: format!("blk.{l}.ffn_down.bias"),
@@ -263,10 +296,16 @@ pub fn deltas(
     })
 }
 
-fn matrix_delta(tensor: String, d: ArrayView2<f32>, importance: Option<Vec<f32>>) -> Delta {
+fn matrix_delta(
+    tensor: String,
+    d: ArrayView2<f32>,
+    importance: Option<Vec<f32>>,
+    hessian: Option<Arc<Hessian>>,
+) -> Delta {
     Delta::Matrix {
         tensor,
         delta: d.iter().copied().collect(),
         importance,
+        hessian,
     }
 }

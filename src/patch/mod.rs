@@ -9,6 +9,7 @@
 pub mod edit;
 pub mod method;
 pub mod ridge;
+pub mod rounding;
 mod sequential;
 pub mod sleep;
 pub mod slice;
@@ -48,6 +49,9 @@ pub struct PatchOptions {
     pub lambda: Lambda,
     /// storage type of edited weight matrices
     pub edit_type: EditType,
+    /// round edited matrices to keep each layer's output on the calibration inputs
+    /// ([`rounding`]) instead of each weight to its nearest grid value
+    pub output_rounding: bool,
     /// sleep: α override (measured per layer and head otherwise)
     pub alpha: Option<f64>,
     /// sleep: β
@@ -255,8 +259,9 @@ pub fn patch(
         phases.push(("capture+fit".to_string(), t.elapsed().as_secs_f64()));
         (Fitted::Deltas(d), r)
     } else if !opts.sequential {
-        let (d, r) = fit_parallel(
+        fit_parallel(
             &model,
+            &src,
             &copts,
             &arch,
             &pairs,
@@ -265,8 +270,7 @@ pub fn patch(
             &weights,
             &mut phases,
             progress,
-        )?;
-        (Fitted::Deltas(d), r)
+        )?
     } else {
         drop(model);
         let work_dir = parent_dir(output);
@@ -285,13 +289,16 @@ pub fn patch(
         )?
     };
 
-    let t = Instant::now();
     let (mut edits, tensors) = match fitted {
-        Fitted::Deltas(d) => edit::to_gguf_edits(&src, &d, opts.strength, opts.edit_type)?,
+        Fitted::Deltas(d) => {
+            let t = Instant::now();
+            let stored = edit::to_gguf_edits(&src, &d, opts.strength, opts.edit_type)?;
+            phases.push(("requantize".to_string(), t.elapsed().as_secs_f64()));
+            stored
+        }
         Fitted::Stored(e, r) => (e, r),
     };
     provenance(&mut edits, src.header(), system, opts, (l0, l1));
-    phases.push(("requantize".to_string(), t.elapsed().as_secs_f64()));
     let t = Instant::now();
     progress("write", 0, 1);
     let bytes = if opts.emit == Emit::Merged {
@@ -548,6 +555,7 @@ fn fit_sleep(
 #[allow(clippy::too_many_arguments)]
 fn fit_parallel(
     model: &Model,
+    src: &gguf::GgufFile,
     copts: &ContextOptions,
     arch: &Arch,
     pairs: &[Pair],
@@ -556,7 +564,7 @@ fn fit_parallel(
     weights: &dyn method::Weights,
     phases: &mut Vec<(String, f64)>,
     progress: Progress,
-) -> Result<(Vec<Delta>, Vec<LayerReport>)> {
+) -> Result<(Fitted, Vec<LayerReport>)> {
     let t = Instant::now();
     let (pk, uk) = method::kinds(opts.method, arch);
     let cl = capture_layers(layers, true);
@@ -585,17 +593,27 @@ fn fit_parallel(
         progress("capture", i + 1, pairs.len());
     }
     phases.push(("capture".to_string(), t.elapsed().as_secs_f64()));
-    let t = Instant::now();
-    let mut deltas = Vec::new();
+    let (mut t_solve, mut t_store) = (0.0, 0.0);
+    let (mut stored, mut tensors) = (gguf::Edits::new(), Vec::new());
     let mut reports = Vec::new();
-    for (i, (prob, &l)) in problems.iter_mut().zip(layers).enumerate() {
-        let (d, r) = solve_layer(opts, l, prob, weights)?;
-        deltas.extend(d);
+    // Each problem is dropped once solved and each layer stored at once: the normal equations
+    // and the inputs' Grams are the largest things held.
+    for (i, (mut prob, &l)) in problems.into_iter().zip(layers).enumerate() {
+        let t = Instant::now();
+        let (d, r) = solve_layer(opts, l, &mut prob, weights)?;
+        drop(prob);
         reports.push(r);
+        t_solve += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (e, r) = edit::to_gguf_edits(src, &d, opts.strength, opts.edit_type)?;
+        stored.extend(e);
+        tensors.extend(r);
+        t_store += t.elapsed().as_secs_f64();
         progress("solve", i + 1, layers.len());
     }
-    phases.push(("solve".to_string(), t.elapsed().as_secs_f64()));
-    Ok((deltas, reports))
+    phases.push(("solve".to_string(), t_solve));
+    phases.push(("requantize".to_string(), t_store));
+    Ok((Fitted::Stored(stored, tensors), reports))
 }
 
 fn solve_layer(
@@ -605,8 +623,17 @@ fn solve_layer(
     weights: &dyn method::Weights,
 ) -> Result<(Vec<Delta>, LayerReport)> {
     let importance = prob.feature_power();
+    let grams = Some(prob.grams());
     let sol = prob.solve(opts.lambda)?;
-    let d = method::deltas(opts.method, l, &sol, importance, weights)?;
+    let d = method::deltas(
+        opts.method,
+        l,
+        &sol,
+        importance,
+        grams,
+        opts.output_rounding,
+        weights,
+    )?;
     Ok((
         d,
         LayerReport {

@@ -188,6 +188,21 @@ impl Ridge {
             .collect()
     }
 
+    /// `Σ [x,1][x,1]ᵀ` over every row (training and validation) and over the validation rows
+    /// alone, `(d+1)²` with an intercept: what output-aware rounding weighs its error by.
+    pub fn grams(&mut self) -> (Array2<f32>, Array2<f32>) {
+        self.flush();
+        (
+            (&self.train.g + &self.val.g).mapv(|v| v as f32),
+            self.val.g.mapv(|v| v as f32),
+        )
+    }
+
+    /// Whether the problem fits an intercept (the Gram's last row and column are its).
+    pub fn intercept(&self) -> bool {
+        self.intercept
+    }
+
     /// The unit λ is given in: `tr(G)/d` over all rows (each feature's Σx², averaged over features).
     fn lambda_unit(&self) -> f64 {
         let tr: f64 = (0..self.d)

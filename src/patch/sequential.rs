@@ -188,6 +188,7 @@ impl Run<'_> {
             t_capture += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let (d, r) = solve_layer(self.opts, l, &mut prob, self.weights)?;
+            drop(prob); // the normal equations; the edits carry the Grams they need
             reports.push(r);
             t_solve += t.elapsed().as_secs_f64();
             // The output's edits of this layer, at the asked strength.

@@ -1,0 +1,527 @@
+//! Output-aware rounding of an edited matrix: which way each weight is rounded is chosen so that
+//! the layer's output on the calibration inputs, not each weight alone, stays closest to the
+//! edit's.
+//!
+//! A fitted edit is mostly smaller than half a quantization step, so rounding every weight of
+//! `W + Δ` to its nearest grid value gives most of `W` back and loses the edit. The error that
+//! matters is the output's, `‖(Q − W − Δ)·X‖² = Σ_rows e·H·eᵀ` with `H = Σ x xᵀ` the Gram of the
+//! matrix's inputs over the calibration tokens, and it splits by row. Each row starts from
+//! ggml's nearest rounding and is improved by greedy coordinate descent: a weight moves one grid
+//! step up or down while that lowers `e·H·eᵀ` (the gradient `H·eᵀ` is kept up to date, so a sweep
+//! costs one pass over the row plus one row of `H` per move). `H` is dampened (a multiple of its
+//! mean diagonal added, which charges every move its weight-space size too): with little damping
+//! the search also fits the calibration inputs' accidents, which shows on other text. The
+//! damping is chosen per matrix on the validation rows: each candidate searched on the training
+//! rows' Gram, scored on the validation rows' (nearest rounding is a candidate too), the winner
+//! searched again on all rows. (Error feedback as in GPTQ, Frantar et al. 2023, was tried first:
+//! for an edit this small its dithering adds more error than it removes; docs/RESULTS.md.)
+//!
+//! The grid of each block is the one ggml's reference quantizer chose for `W + Δ`; the weights
+//! that fix that grid (the block's extremes) stay put, so quantizing the chosen values again
+//! with ggml's codec gives the same grid and exactly the chosen codes. That holds for the block
+//! types with one scale per 32 weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0); other types are rounded
+//! to nearest. When the matrix's output has a bias (an always-1 input, stored exactly), the bias
+//! takes up the mean of the error.
+
+use anyhow::{bail, Result};
+use ndarray::{s, Array2, ArrayView2};
+use rayon::prelude::*;
+
+use gguf::GgmlType;
+
+use crate::engine::{dequantize, quantize};
+
+/// Second-order statistics of one matrix's inputs, for [`round`].
+#[derive(Debug, Clone)]
+pub struct Hessian {
+    /// `Σ x xᵀ` over the calibration tokens, `ne0 × ne0`, or one wider with an always-1 input
+    /// last when the matrix's output has a bias the error may flow into
+    pub gram: Array2<f32>,
+    /// the part of `gram` from the validation rows: the damping is chosen on it
+    pub val: Option<Array2<f32>>,
+    /// the bias (tensor, the tensor a created bias follows) that takes the error's mean
+    pub bias: Option<(String, String)>,
+    /// choose the roundings; else round to nearest and only measure the output error
+    pub search: bool,
+}
+
+/// A matrix rounded with [`round`].
+pub struct Rounded {
+    /// the stored bytes (`rows` rows of `ne0`, the type's row layout)
+    pub data: Vec<u8>,
+    /// what the stored bytes dequantize to, `rows × ne0`
+    pub stored: Vec<f32>,
+    /// what to add to the bias (one value per row), when the Hessian names one
+    pub bias: Option<Vec<f32>>,
+    /// weights rounded away from their nearest grid value
+    pub moved: usize,
+    /// weights the codec did not store as chosen (0 unless a block's grid could not be kept)
+    pub mismatched: usize,
+    /// the damping used, relative to the mean of `H`'s diagonal; `None`: nearest rounding did
+    /// best on the validation rows and was kept
+    pub damp: Option<f64>,
+}
+
+/// How a one-scale block type lays out its grid (ggml's reference quantizer).
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    /// codes `0..levels`
+    levels: i32,
+    /// value = `m + code·d` (the block's minimum at code 0) instead of `(code − offset)·d`
+    with_min: bool,
+    /// the code of zero (symmetric types)
+    offset: i32,
+    /// the block's largest magnitude sits at code 0 (`d = −extreme/offset`), else at ±(levels−1−offset)
+    extreme_low: bool,
+}
+
+fn grid(ty: GgmlType) -> Option<Grid> {
+    let g = |levels, with_min, offset, extreme_low| {
+        Some(Grid {
+            levels,
+            with_min,
+            offset,
+            extreme_low,
+        })
+    };
+    match ty {
+        GgmlType::Q4_0 => g(16, false, 8, true),
+        GgmlType::Q4_1 => g(16, true, 0, false),
+        GgmlType::Q5_0 => g(32, false, 16, true),
+        GgmlType::Q5_1 => g(32, true, 0, false),
+        GgmlType::Q8_0 => g(255, false, 127, false),
+        _ => None,
+    }
+}
+
+/// Whether [`round`] chooses roundings for `ty` (else it rounds to nearest).
+pub fn supports(ty: GgmlType) -> bool {
+    grid(ty).is_some()
+}
+
+/// Dampings tried (added to `H`'s diagonal, relative to its mean): the larger, the fewer
+/// weights move for small gains on the calibration inputs, which may not carry over to other
+/// text. The one with the least error on the validation rows is used.
+pub const DAMPS: [f64; 3] = [0.01, 0.1, 1.0];
+
+/// The damping without validation rows.
+const DEFAULT_DAMP: f64 = 0.1;
+
+/// Most passes over a row.
+const SWEEPS: usize = 16;
+
+/// Quantize `target` (`rows × ne0`, row-major) to `ty`, choosing roundings that keep the output
+/// error over the inputs' Gram small (see the module docs).
+pub fn round(ty: GgmlType, target: &[f32], ne0: usize, hessian: &Hessian) -> Result<Rounded> {
+    let Some(grid) = grid(ty) else {
+        bail!("internal: no output-aware rounding for {}", ty.name());
+    };
+    let bs = ty.block_size() as usize;
+    if ne0 % bs != 0 || target.len() % ne0 != 0 {
+        bail!("internal: a {} matrix of width {ne0}", ty.name());
+    }
+    let width = hessian.gram.nrows();
+    let square = |g: &Array2<f32>| g.nrows() == width && g.ncols() == width;
+    if width != ne0 + hessian.bias.is_some() as usize
+        || !square(&hessian.gram)
+        || !hessian.val.as_ref().is_none_or(square)
+    {
+        bail!("internal: Hessian of width {width} for a matrix of width {ne0}");
+    }
+    let first = dequantize(
+        ty,
+        &quantize(ty, target, ne0 as u64, None)?,
+        target.len() as u64,
+    )?;
+    let problem = Problem {
+        grid,
+        bs,
+        ne0,
+        target,
+        first: &first,
+    };
+    let damp = match &hessian.val {
+        Some(val) if val[[0, 0]] > 0.0 => problem.choose_damp(&hessian.gram, val),
+        _ => Some(DEFAULT_DAMP),
+    };
+    let (chosen, moved) = match damp {
+        Some(d) => problem.search(&hessian.gram, d),
+        None => (first.clone(), 0),
+    };
+    let data = quantize(ty, &chosen, ne0 as u64, None)?;
+    let stored = dequantize(ty, &data, target.len() as u64)?;
+    let mismatched = chosen
+        .chunks(bs)
+        .zip(stored.chunks(bs))
+        .map(|(c, st)| {
+            let span = c.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-30);
+            c.iter()
+                .zip(st)
+                .filter(|(a, b)| (*a - *b).abs() > 1e-3 * span)
+                .count()
+        })
+        .sum();
+    let bias = hessian
+        .bias
+        .as_ref()
+        .map(|_| best_bias(&problem.error(&stored), &hessian.gram));
+    Ok(Rounded {
+        data,
+        stored,
+        bias,
+        moved,
+        mismatched,
+        damp,
+    })
+}
+
+/// One matrix to round.
+struct Problem<'a> {
+    grid: Grid,
+    bs: usize,
+    ne0: usize,
+    target: &'a [f32],
+    /// ggml's nearest rounding of `target`, dequantized
+    first: &'a [f32],
+}
+
+impl Problem<'_> {
+    /// `values − target`, `rows × ne0`.
+    fn error(&self, values: &[f32]) -> Array2<f32> {
+        let ne0 = self.ne0;
+        Array2::from_shape_fn((values.len() / ne0, ne0), |(r, j)| {
+            values[r * ne0 + j] - self.target[r * ne0 + j]
+        })
+    }
+
+    /// Every row searched from ggml's rounding, against `gram` dampened by `damp`.
+    fn search(&self, gram: &Array2<f32>, damp: f64) -> (Vec<f32>, usize) {
+        let h = reduced(gram, self.ne0, damp);
+        // The gradient of every row's error, H·eᵀ, in one product.
+        let g0 = par_dot(&self.error(self.first), &h);
+        let g0 = g0.as_slice().expect("standard layout");
+        let results: Vec<(Vec<f32>, usize)> = self
+            .first
+            .par_chunks(self.ne0)
+            .zip(g0.par_chunks(self.ne0))
+            .map(|(q, g)| {
+                let g = g.iter().map(|&v| v as f64).collect();
+                search_row(self.grid, self.bs, q, g, &h)
+            })
+            .collect();
+        let moved = results.iter().map(|r| r.1).sum();
+        (results.into_iter().flat_map(|r| r.0).collect(), moved)
+    }
+
+    /// The damping whose rounding, searched on the training rows (`all − val`), leaves the least
+    /// output error on the validation rows (`None`: nearest rounding does better than any).
+    fn choose_damp(&self, all: &Array2<f32>, val: &Array2<f32>) -> Option<f64> {
+        let train = all - val;
+        let val_error = |values: &[f32]| {
+            let mut e = self.error(values);
+            if train.nrows() > self.ne0 {
+                let b = best_bias(&e, &train);
+                e.push_column(ndarray::ArrayView1::from(&b))
+                    .expect("rows match");
+            }
+            sum_product(&par_dot(&e, val), &e)
+        };
+        let mut best = (val_error(self.first), None);
+        for d in DAMPS {
+            let err = val_error(&self.search(&train, d).0);
+            if err < best.0 {
+                best = (err, Some(d));
+            }
+        }
+        best.1
+    }
+}
+
+/// `a·b`, the rows of `a` shared out over the threads.
+fn par_dot(a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
+    const CHUNK: usize = 32;
+    let parts: Vec<Array2<f32>> = (0..a.nrows())
+        .step_by(CHUNK)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|r| a.slice(s![r..(r + CHUNK).min(a.nrows()), ..]).dot(b))
+        .collect();
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    ndarray::concatenate(ndarray::Axis(0), &views).expect("same widths")
+}
+
+/// The bias that best absorbs the error `e` (`rows × ne0`) over `gram` (one wider, the
+/// always-1 input last): `−Σ_tokens (e·x) / N` per row.
+fn best_bias(e: &Array2<f32>, gram: &Array2<f32>) -> Vec<f32> {
+    let ne0 = e.ncols();
+    let n = gram[[ne0, ne0]].max(1e-30);
+    let col = gram.slice(s![ne0, ..ne0]);
+    e.dot(&col).iter().map(|v| -v / n).collect()
+}
+
+/// `Σ a ⊙ b`, accumulated in f64.
+fn sum_product(a: &Array2<f32>, b: &Array2<f32>) -> f64 {
+    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+}
+
+/// The Gram the row error is measured by: dampened by `damp` (relative to the mean of its
+/// diagonal), and with the bias column (if any) eliminated (its Schur complement: the error
+/// left once the bias has taken up its mean).
+fn reduced(gram: &Array2<f32>, ne0: usize, damp: f64) -> Array2<f32> {
+    let g = gram.slice(s![.., ..]);
+    let mut h = g.slice(s![..ne0, ..ne0]).mapv(f64::from);
+    if g.nrows() > ne0 {
+        let nb = (g[[ne0, ne0]] as f64).max(1e-30);
+        let col = g.slice(s![..ne0, ne0]).mapv(f64::from);
+        for i in 0..ne0 {
+            for j in 0..ne0 {
+                h[[i, j]] -= col[i] * col[j] / nb;
+            }
+        }
+    }
+    let mean = (0..ne0).map(|i| h[[i, i]]).sum::<f64>() / ne0.max(1) as f64;
+    for i in 0..ne0 {
+        h[[i, i]] += damp * mean.max(1e-30);
+    }
+    h.mapv(|v| v as f32)
+}
+
+/// One row: start from `q` (ggml's rounding of the target `t`; `g` = H·(q − t)ᵀ), move weights
+/// a grid step at a time while `e·H·eᵀ` falls. Returns the chosen values and how many weights
+/// differ from `q`.
+fn search_row(
+    grid: Grid,
+    bs: usize,
+    q: &[f32],
+    mut g: Vec<f64>,
+    h: &Array2<f32>,
+) -> (Vec<f32>, usize) {
+    let n = q.len();
+    // Per weight: its code, the block's step, and whether it holds the block's grid (a block's
+    // extremes: its lowest and highest code, or for Q4_0/Q5_0 the code of its largest magnitude).
+    let mut code = vec![0i32; n];
+    let mut step = vec![0f64; n];
+    let mut frozen = vec![false; n];
+    for b in (0..n).step_by(bs) {
+        let (d, b0) = block_grid(grid, &q[b..b + bs]);
+        for i in b..b + bs {
+            step[i] = d;
+            if d == 0.0 {
+                frozen[i] = true;
+                continue;
+            }
+            code[i] = ((q[i] as f64 - b0) / d).round() as i32;
+            frozen[i] = code[i] == 0 || (!grid.extreme_low && code[i] == grid.levels - 1);
+        }
+    }
+    let start = code.clone();
+    // Moves are made on the values ggml chose (`q`); `g` = H·(q − t) is kept up to date.
+    let mut val: Vec<f64> = q.iter().map(|&v| v as f64).collect();
+    for _ in 0..SWEEPS {
+        let mut changed = false;
+        for j in 0..n {
+            if frozen[j] {
+                continue;
+            }
+            let d = step[j];
+            // Moving val_j by s·d changes e·H·eᵀ by d²·H_jj + 2·s·d·g_j.
+            let s: i32 = if d * g[j] > 0.0 { -1 } else { 1 };
+            let k = code[j] + s;
+            if k < 0 || k >= grid.levels {
+                continue;
+            }
+            let dv = s as f64 * d;
+            if dv * dv * h[[j, j]] as f64 + 2.0 * dv * g[j] >= 0.0 {
+                continue;
+            }
+            code[j] = k;
+            val[j] += dv;
+            // H is symmetric: its row j is its column j, and contiguous.
+            for (gi, hi) in g.iter_mut().zip(h.row(j)) {
+                *gi += dv * *hi as f64;
+            }
+            changed = true;
+        }
+        if !changed {
+            break;
+        }
+    }
+    let moved = code.iter().zip(&start).filter(|(a, b)| a != b).count();
+    (val.into_iter().map(|v| v as f32).collect(), moved)
+}
+
+/// A block's step and base (value = `base + code·step`) from ggml's dequantized rounding of it.
+fn block_grid(grid: Grid, v: &[f32]) -> (f64, f64) {
+    if grid.with_min {
+        let lo = v.iter().copied().fold(f32::INFINITY, f32::min) as f64;
+        let hi = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        ((hi - lo) / (grid.levels - 1) as f64, lo)
+    } else {
+        let extreme = v
+            .iter()
+            .copied()
+            .fold(0f32, |a, x| if x.abs() > a.abs() { x } else { a }) as f64;
+        let off = grid.offset as f64;
+        let d = if grid.extreme_low {
+            -extreme / off
+        } else {
+            extreme.abs() / off
+        };
+        (d, -off * d)
+    }
+}
+
+/// `(tr(C·H·Cᵀ), tr(C·H·Dᵀ), tr(D·H·Dᵀ))` for `rows × n` matrices and the leading `n × n` block
+/// of `gram`: the stored change `C` against the edit `D` on the layer's output.
+pub fn h_products(c: ArrayView2<f32>, d: ArrayView2<f32>, gram: &Array2<f32>) -> (f64, f64, f64) {
+    let n = c.ncols();
+    let h = gram.slice(s![..n, ..n]).to_owned();
+    let (c, d) = (c.to_owned(), d.to_owned());
+    let (ch, dh) = (par_dot(&c, &h), par_dot(&d, &h));
+    (
+        sum_product(&ch, &c),
+        sum_product(&ch, &d),
+        sum_product(&dh, &d),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+    }
+
+    /// Weights on `ty`'s grid, an edit under half a step, correlated inputs.
+    fn problem(ty: GgmlType, bias: bool) -> (Vec<f32>, Vec<f32>, Array2<f32>, Array2<f32>) {
+        let (rows, n) = (16, 128);
+        let mut s = 11u64;
+        let mix = Array2::from_shape_fn(
+            (n, n),
+            |(i, j)| {
+                if i == j {
+                    1.0
+                } else {
+                    0.3 * lcg(&mut s)
+                }
+            },
+        );
+        // 2048 draws: the first 1024 are the calibration inputs (the Gram), the rest new ones.
+        let z = Array2::from_shape_fn((2048, n), |_| lcg(&mut s));
+        let mut x = z.dot(&mix);
+        if bias {
+            x.mapv_inplace(|v| v + 0.5);
+        }
+        let w0: Vec<f32> = (0..rows * n).map(|_| lcg(&mut s)).collect();
+        let w = dequantize(
+            ty,
+            &quantize(ty, &w0, n as u64, None).unwrap(),
+            (rows * n) as u64,
+        )
+        .unwrap();
+        let target: Vec<f32> = w.iter().map(|a| a + 0.05 * lcg(&mut s)).collect();
+        let mut xa = Array2::<f32>::ones((1024, n + bias as usize));
+        xa.slice_mut(s![.., ..n]).assign(&x.slice(s![..1024, ..]));
+        let g = xa.t().dot(&xa);
+        (w, target, x, g)
+    }
+
+    fn out_err(q: &[f32], t: &[f32], x: &Array2<f32>, bias: Option<&[f32]>) -> f64 {
+        let n = x.ncols();
+        let e = Array2::from_shape_vec(
+            (q.len() / n, n),
+            q.iter().zip(t).map(|(a, b)| a - b).collect(),
+        )
+        .unwrap();
+        let mut o = e.dot(&x.t());
+        if let Some(b) = bias {
+            for (mut row, bv) in o.rows_mut().into_iter().zip(b) {
+                row += *bv;
+            }
+        }
+        o.iter().map(|v| (*v as f64).powi(2)).sum()
+    }
+
+    #[test]
+    fn chosen_rounding_keeps_a_small_edit_where_nearest_loses_it() {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+        ] {
+            let (w, target, x, g) = problem(ty, false);
+            let n = x.ncols();
+            let h = Hessian {
+                gram: g,
+                val: None,
+                bias: None,
+                search: true,
+            };
+            let r = round(ty, &target, n, &h).unwrap();
+            let near = quantize(ty, &target, n as u64, None).unwrap();
+            let near = dequantize(ty, &near, target.len() as u64).unwrap();
+            let (er, en, e0) = (
+                out_err(&r.stored, &target, &x, None),
+                out_err(&near, &target, &x, None),
+                out_err(&w, &target, &x, None),
+            );
+            assert!(r.moved > 0, "{ty:?}: nothing moved");
+            // Better than both nearest rounding and leaving the weights as they were.
+            assert!(
+                er < 0.9 * en.min(e0),
+                "{ty:?}: chosen {er}, nearest {en}, unedited {e0}"
+            );
+            // The codec reproduces the chosen values: the bytes are what `stored` says.
+            let back = dequantize(ty, &r.data, target.len() as u64).unwrap();
+            assert_eq!(back, r.stored);
+            assert_eq!(r.mismatched, 0, "{ty:?}");
+        }
+    }
+
+    #[test]
+    fn the_damping_chosen_on_validation_rows_carries_over_to_new_inputs() {
+        let ty = GgmlType::Q4_1;
+        let (_, target, x, g) = problem(ty, false);
+        let n = x.ncols();
+        // Validation: the last quarter of the calibration inputs; then new draws.
+        let xv = x.slice(s![768..1024, ..]).to_owned();
+        let fresh = x.slice(s![1024.., ..]).to_owned();
+        let h = Hessian {
+            gram: g,
+            val: Some(xv.t().dot(&xv)),
+            bias: None,
+            search: true,
+        };
+        let r = round(ty, &target, n, &h).unwrap();
+        let near = quantize(ty, &target, n as u64, None).unwrap();
+        let near = dequantize(ty, &near, target.len() as u64).unwrap();
+        let (er, en) = (
+            out_err(&r.stored, &target, &fresh, None),
+            out_err(&near, &target, &fresh, None),
+        );
+        assert!(r.damp.is_some(), "nearest kept");
+        assert!(er < en, "chosen {er}, nearest {en} on new inputs");
+    }
+
+    #[test]
+    fn a_bias_takes_up_the_mean_error() {
+        let (_, target, x, g) = problem(GgmlType::Q4_1, true);
+        let n = x.ncols();
+        let h = Hessian {
+            gram: g,
+            val: None,
+            bias: Some(("b".into(), "w".into())),
+            search: true,
+        };
+        let r = round(GgmlType::Q4_1, &target, n, &h).unwrap();
+        let bias = r.bias.as_deref().unwrap();
+        let with = out_err(&r.stored, &target, &x, Some(bias));
+        let without = out_err(&r.stored, &target, &x, None);
+        assert!(with < without, "{with} vs {without}");
+    }
+}
