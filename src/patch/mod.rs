@@ -623,8 +623,9 @@ fn solve_layer(
     weights: &dyn method::Weights,
 ) -> Result<(Vec<Delta>, LayerReport)> {
     let importance = prob.feature_power();
-    let grams = Some(prob.grams());
     let sol = prob.solve(opts.lambda)?;
+    // After the solve, whose factorisations are the larger working set.
+    let grams = Some(prob.grams());
     let d = method::deltas(
         opts.method,
         l,

@@ -268,22 +268,24 @@ fn sum_product(a: &Array2<f32>, b: &Array2<f32>) -> f64 {
 /// diagonal), and with the bias column (if any) eliminated (its Schur complement: the error
 /// left once the bias has taken up its mean).
 fn reduced(gram: &Array2<f32>, ne0: usize, damp: f64) -> Array2<f32> {
-    let g = gram.slice(s![.., ..]);
-    let mut h = g.slice(s![..ne0, ..ne0]).mapv(f64::from);
-    if g.nrows() > ne0 {
-        let nb = (g[[ne0, ne0]] as f64).max(1e-30);
-        let col = g.slice(s![..ne0, ne0]).mapv(f64::from);
-        for i in 0..ne0 {
-            for j in 0..ne0 {
-                h[[i, j]] -= col[i] * col[j] / nb;
-            }
+    // Built in f32 (each entry computed in f64): no f64 copy of the whole Gram is held.
+    let bias = (gram.nrows() > ne0).then(|| {
+        let nb = (gram[[ne0, ne0]] as f64).max(1e-30);
+        (gram.slice(s![..ne0, ne0]).mapv(f64::from), nb)
+    });
+    let mut h = Array2::from_shape_fn((ne0, ne0), |(i, j)| {
+        let g = gram[[i, j]] as f64;
+        match &bias {
+            Some((col, nb)) => (g - col[i] * col[j] / nb) as f32,
+            None => g as f32,
         }
-    }
-    let mean = (0..ne0).map(|i| h[[i, i]]).sum::<f64>() / ne0.max(1) as f64;
+    });
+    let mean = (0..ne0).map(|i| h[[i, i]] as f64).sum::<f64>() / ne0.max(1) as f64;
+    let add = (damp * mean.max(1e-30)) as f32;
     for i in 0..ne0 {
-        h[[i, i]] += damp * mean.max(1e-30);
+        h[[i, i]] += add;
     }
-    h.mapv(|v| v as f32)
+    h
 }
 
 /// One row: start from `q` (ggml's rounding of the target `t`; `g` = H·(q − t)ᵀ), move weights
