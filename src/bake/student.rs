@@ -156,14 +156,13 @@ pub fn input_of(name: &str) -> String {
     base.to_string()
 }
 
-/// Whether another adapted matrix may read the same input as `name`.
-fn shares_input(name: &str) -> bool {
-    input_of(name) != name.strip_suffix(".weight").unwrap_or(name)
-}
-
-/// The matrix whose inputs are summed for a shared input (each input counted once per forward).
-fn first_of_input(name: &str) -> bool {
-    name.ends_with("attn_q.weight") || name.ends_with("ffn_gate.weight")
+/// Whether `name`'s inputs are summed into its input's Gram: matrices that share an input are
+/// summed once, at the first of them (`attn_q`, `ffn_gate`; every target set that adapts one of
+/// the others adapts that one too).
+fn sums_input(name: &str) -> bool {
+    !["attn_k", "attn_v", "ffn_up"]
+        .iter()
+        .any(|k| name.strip_suffix(".weight").unwrap_or(name).ends_with(k))
 }
 
 /// The frozen model.
@@ -406,9 +405,7 @@ impl Student {
         let x = x.detach().reshape((rows, n_in))?;
         if let Some(grams) = rec.grams.as_mut() {
             let input = input_of(name);
-            // Matrices that share an input: summed once, at the first of them (every target set
-            // that adapts one of them adapts that one).
-            if !shares_input(name) || first_of_input(name) {
+            if sums_input(name) {
                 let g = x.t()?.matmul(&x)?.to_vec2::<f32>()?;
                 let acc = grams
                     .entry(input)

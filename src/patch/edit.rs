@@ -274,43 +274,7 @@ fn matrix_report(
         .zip(scaled)
         .map(|(a, b)| *a as f64 * *b as f64)
         .sum();
-    let (output_cos, output_error) = match hessian {
-        Some(h) => {
-            let ne0 = r.ne0;
-            let rows = scaled.len() / ne0;
-            let view = |v: &[f32]| ndarray::Array2::from_shape_vec((rows, ne0), v.to_vec());
-            let (Ok(c), Ok(d)) = (view(&r.change), view(scaled)) else {
-                return TensorReport {
-                    name: tensor.to_string(),
-                    ggml_type: r.ggml_type.name().to_string(),
-                    delta_norm,
-                    weight_norm: norm(&r.orig),
-                    stored_ratio: cn / delta_norm.max(1e-30),
-                    stored_cos: dot / (cn * delta_norm).max(1e-30),
-                    output_cos: None,
-                    output_error: None,
-                    rounding: r.rounding.clone(),
-                };
-            };
-            // With a bias column: the change is [C | b], the edit [Δ | 0].
-            let (c, d) = match (&r.bias, h.bias.is_some()) {
-                (Some(b), true) => {
-                    let mut ca = ndarray::Array2::<f32>::zeros((rows, ne0 + 1));
-                    ca.slice_mut(ndarray::s![.., ..ne0]).assign(&c);
-                    ca.column_mut(ne0)
-                        .assign(&ndarray::ArrayView1::from(&b[..]));
-                    let mut da = ndarray::Array2::<f32>::zeros((rows, ne0 + 1));
-                    da.slice_mut(ndarray::s![.., ..ne0]).assign(&d);
-                    (ca, da)
-                }
-                _ => (c, d),
-            };
-            let (cc, cd, dd) = rounding::h_products(c.view(), d.view(), &h.gram);
-            let e = (cc - 2.0 * cd + dd).max(0.0).sqrt() / dd.max(1e-30).sqrt();
-            (Some(cd / (cc * dd).max(1e-60).sqrt()), Some(e))
-        }
-        None => (None, None),
-    };
+    let (output_cos, output_error) = hessian.and_then(|h| output_fidelity(r, scaled, h)).unzip();
     TensorReport {
         name: tensor.to_string(),
         ggml_type: r.ggml_type.name().to_string(),
@@ -322,6 +286,31 @@ fn matrix_report(
         output_error,
         rounding: r.rounding.clone(),
     }
+}
+
+/// The stored change against the edit on the layer's output, through the inputs' Gram: their
+/// cosine and the relative error `‖C − Δ‖_H / ‖Δ‖_H` (`None` if the shapes do not fit).
+fn output_fidelity(r: &Requantized, scaled: &[f32], h: &Hessian) -> Option<(f64, f64)> {
+    let ne0 = r.ne0;
+    let rows = scaled.len() / ne0;
+    let view = |v: &[f32]| ndarray::Array2::from_shape_vec((rows, ne0), v.to_vec()).ok();
+    let (c, d) = (view(&r.change)?, view(scaled)?);
+    // With a bias column: the change is [C | b], the edit [Δ | 0].
+    let (c, d) = match (&r.bias, h.bias.is_some()) {
+        (Some(b), true) => {
+            let mut ca = ndarray::Array2::<f32>::zeros((rows, ne0 + 1));
+            ca.slice_mut(ndarray::s![.., ..ne0]).assign(&c);
+            ca.column_mut(ne0)
+                .assign(&ndarray::ArrayView1::from(&b[..]));
+            let mut da = ndarray::Array2::<f32>::zeros((rows, ne0 + 1));
+            da.slice_mut(ndarray::s![.., ..ne0]).assign(&d);
+            (ca, da)
+        }
+        _ => (c, d),
+    };
+    let (cc, cd, dd) = rounding::h_products(c.view(), d.view(), &h.gram);
+    let e = (cc - 2.0 * cd + dd).max(0.0).sqrt() / dd.max(1e-30).sqrt();
+    Some((cd / (cc * dd).max(1e-60).sqrt(), e))
 }
 
 /// A weight matrix with a delta added, stored.

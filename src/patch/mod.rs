@@ -14,6 +14,8 @@ mod sequential;
 pub mod sleep;
 pub mod slice;
 mod spill;
+#[cfg(test)]
+mod testing;
 mod weights;
 
 use anyhow::{bail, Context as _, Result};

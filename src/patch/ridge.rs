@@ -295,13 +295,7 @@ fn solve_normal(g: &Array2<f64>, c: &Array2<f64>, d: usize, lambda: f64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-    }
+    use crate::patch::testing::lcg;
 
     #[test]
     fn recovers_a_linear_map_with_intercept() {

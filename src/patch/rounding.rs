@@ -141,7 +141,7 @@ pub fn round(ty: GgmlType, target: &[f32], ne0: usize, hessian: &Hessian) -> Res
         first: &first,
     };
     let damp = match &hessian.val {
-        Some(val) if val[[0, 0]] > 0.0 => problem.choose_damp(&hessian.gram, val),
+        Some(val) if val.diag().iter().any(|&v| v > 0.0) => problem.choose_damp(&hessian.gram, val),
         _ => Some(DEFAULT_DAMP),
     };
     let (chosen, moved) = match damp {
@@ -390,13 +390,7 @@ pub fn h_products(c: ArrayView2<f32>, d: ArrayView2<f32>, gram: &Array2<f32>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-    }
+    use crate::patch::testing::lcg;
 
     /// Weights on `ty`'s grid, an edit under half a step, correlated inputs.
     fn problem(ty: GgmlType, bias: bool) -> (Vec<f32>, Vec<f32>, Array2<f32>, Array2<f32>) {
