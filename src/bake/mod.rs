@@ -74,8 +74,8 @@ pub struct BakeOptions {
     pub emit: BakeEmit,
     /// storage of merged matrices
     pub edit_type: EditType,
-    /// round merged matrices to keep each layer's output (see [`patch::rounding`]); also the
-    /// warm start's
+    /// round merged adapters to keep each layer's output (see [`patch::rounding`]); the warm
+    /// start's patch always is (its default)
     pub output_rounding: bool,
     /// most validation trajectories
     pub max_val: usize,
@@ -356,10 +356,10 @@ fn adapters(student: &Student, opts: &BakeOptions) -> Result<LoraSet> {
     Ok(set)
 }
 
-/// Run the training-free patch (its default method, sequential, stored as `opts.edit_type`) into
-/// a temporary file next to `output`, fitted on at most `opts.init_questions` of the training
-/// questions (never the validation ones) with the teacher's sampled replies as its targets, so
-/// no reply is generated twice.
+/// Run the training-free patch (its defaults: `down`, sequential, output-aware rounding; stored
+/// as `opts.edit_type`) into a temporary file next to `output`, fitted on at most
+/// `opts.init_questions` of the training questions (never the validation ones) with the
+/// teacher's sampled replies as its targets, so no reply is generated twice.
 fn patch_first(
     input: &Path,
     output: &Path,
@@ -383,7 +383,7 @@ fn patch_first(
         questions,
         lambda: patch::Lambda::Auto,
         edit_type: opts.edit_type,
-        output_rounding: opts.output_rounding,
+        output_rounding: true,
         alpha: None,
         beta: 1.0,
         max_tokens: opts.teacher.max_tokens,

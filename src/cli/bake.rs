@@ -69,9 +69,10 @@ pub struct BakeArgs {
     /// storage of merged matrices: same (requantize to the original type), q8_0, f16, f32
     #[arg(long, value_enum, default_value_t = EditTypeArg::Same)]
     edit_type: EditTypeArg,
-    /// how merged matrices (and the warm start's) are rounded to a quantized type: nearest (what
+    /// how the trained adapters are rounded when merged into a quantized type: nearest (what
     /// quantization-aware training trains against) or output (each weight up or down so that the
-    /// layer's output on the trajectories stays closest; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)
+    /// layer's output on the trajectories stays closest; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0); the warm
+    /// start's patch always rounds to keep each layer's output, as `patch` does by default
     #[arg(long, value_enum, default_value_t = RoundingArg::Nearest)]
     rounding: RoundingArg,
     /// calibration questions, one per line (default: the built-in set, as for patch)

@@ -55,9 +55,27 @@ pub fn default_threads() -> i32 {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32))
 }
 
+unsafe extern "C" {
+    fn openblas_get_num_threads() -> std::os::raw::c_int;
+    fn openblas_set_num_threads(n: std::os::raw::c_int);
+}
+
+/// Run `f` with LAPACK (OpenBLAS, which ndarray-linalg's solves use) on one thread per call,
+/// so that the caller can solve independent systems on several threads at once: on 1.5k-wide
+/// factorisations OpenBLAS's own threads gain under a tenth and spin while they wait.
+pub fn with_single_threaded_lapack<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: OpenBLAS's documented thread-count getter and setter; any count ≥ 1 is valid.
+    let n = unsafe { openblas_get_num_threads() };
+    unsafe { openblas_set_num_threads(1) };
+    let r = f();
+    unsafe { openblas_set_num_threads(n.max(1)) };
+    r
+}
+
 /// Keep freed memory in the process instead of returning it to the system (glibc `mallopt`):
-/// training allocates and frees the same large activation buffers every step, and letting the
-/// allocator unmap them makes the kernel zero fresh pages each time (a sixth of a step's time).
+/// training allocates and frees the same large activation buffers every step, and the patch's
+/// solves the same large matrices every layer; letting the allocator unmap them makes the
+/// kernel zero fresh pages each time (a sixth of a training step, a third of a solve).
 pub fn retain_freed_memory() {
     // SAFETY: mallopt only changes allocator thresholds; any values are valid.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -209,8 +209,8 @@ fn diff(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(x, y)| x - y).collect()
 }
 
-/// Source weights a method's edits are computed from.
-pub trait Weights {
+/// Source weights a method's edits are computed from (shared by layers solved at once).
+pub trait Weights: Sync {
     /// Dequantized `ne1 × ne0` matrix of a tensor.
     fn matrix(&self, name: &str) -> Result<Array2<f32>>;
 }

@@ -19,6 +19,7 @@ mod testing;
 mod weights;
 
 use anyhow::{bail, Context as _, Result};
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -567,6 +568,10 @@ fn fit_parallel(
     phases: &mut Vec<(String, f64)>,
     progress: Progress,
 ) -> Result<(Fitted, Vec<LayerReport>)> {
+    // Each capture and each solve allocates and frees the same large buffers; keeping freed
+    // memory spares the kernel re-zeroing their pages (parallel mode only: it raises the
+    // sequential mode's peak RSS over its goal).
+    crate::engine::retain_freed_memory();
     let t = Instant::now();
     let (pk, uk) = method::kinds(opts.method, arch);
     let cl = capture_layers(layers, true);
@@ -599,19 +604,32 @@ fn fit_parallel(
     let (mut stored, mut tensors) = (gguf::Edits::new(), Vec::new());
     let mut reports = Vec::new();
     // Each problem is dropped once solved and each layer stored at once: the normal equations
-    // and the inputs' Grams are the largest things held.
-    for (i, (mut prob, &l)) in problems.into_iter().zip(layers).enumerate() {
+    // and the inputs' Grams are the largest things held. As many layers as there are threads
+    // are solved at once, each with single-threaded LAPACK, then stored in order.
+    let mut todo: Vec<(ridge::Ridge, usize)> =
+        problems.into_iter().zip(layers.iter().copied()).collect();
+    let at_once = rayon::current_num_threads().max(1);
+    while !todo.is_empty() {
+        let batch: Vec<(ridge::Ridge, usize)> = todo.drain(..at_once.min(todo.len())).collect();
         let t = Instant::now();
-        let (d, r) = solve_layer(opts, l, &mut prob, weights)?;
-        drop(prob);
-        reports.push(r);
+        let solved: Vec<Result<(Vec<Delta>, LayerReport)>> =
+            crate::engine::with_single_threaded_lapack(|| {
+                batch
+                    .into_par_iter()
+                    .map(|(mut prob, l)| solve_layer(opts, l, &mut prob, weights))
+                    .collect()
+            });
         t_solve += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let (e, r) = edit::to_gguf_edits(src, &d, opts.strength, opts.edit_type)?;
-        stored.extend(e);
-        tensors.extend(r);
-        t_store += t.elapsed().as_secs_f64();
-        progress("solve", i + 1, layers.len());
+        for s in solved {
+            let (d, r) = s?;
+            reports.push(r);
+            let t = Instant::now();
+            let (e, r) = edit::to_gguf_edits(src, &d, opts.strength, opts.edit_type)?;
+            stored.extend(e);
+            tensors.extend(r);
+            t_store += t.elapsed().as_secs_f64();
+            progress("solve", reports.len(), layers.len());
+        }
     }
     phases.push(("solve".to_string(), t_solve));
     phases.push(("requantize".to_string(), t_store));

@@ -5,14 +5,16 @@
 //! for the training and validation rows. The solve is a Cholesky factorisation of
 //! `G + λI` (LAPACK through ndarray-linalg); no inverse is ever formed.
 //!
-//! Choosing λ scores every grid value on the validation rows. With many targets that search
-//! solves against a random sketch `C·S` of the targets (`S` is `m × k` with `±1/√k` entries, so
-//! `E[S·Sᵀ] = I` and the sketched validation error is an unbiased estimate of the exact one);
-//! only the winner is solved against all `m` columns.
+//! Choosing λ scores grid values on the validation rows, from the largest down while the error
+//! falls. With many targets that search solves against a random sketch `C·S` of the targets
+//! (`S` is `m × k` with `±1/√k` entries, so `E[S·Sᵀ] = I` and the sketched validation error is
+//! an unbiased estimate of the exact one); only the winner is solved against all `m` columns.
 
 use anyhow::{bail, Result};
-use ndarray::{s, Array1, Array2};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, Array1, Array2, ArrayViewMut2, Axis};
 use ndarray_linalg::{cholesky::Cholesky, Diag, SolveTriangular, UPLO};
+use rayon::prelude::*;
 
 /// Normal equations of one split.
 #[derive(Debug, Clone)]
@@ -38,15 +40,40 @@ impl Normal {
     }
 
     fn add_block(&mut self, x: &Array2<f32>, y: &Array2<f32>) {
-        // One block's products in f32 through BLAS (sgemm), accumulated in f64.
-        let mut gb = Array2::<f32>::zeros(self.g.raw_dim());
-        let mut cb = Array2::<f32>::zeros(self.c.raw_dim());
-        ndarray::linalg::general_mat_mul(1.0, &x.t(), x, 0.0, &mut gb);
-        ndarray::linalg::general_mat_mul(1.0, &x.t(), y, 0.0, &mut cb);
-        self.g.zip_mut_with(&gb, |a, &b| *a += b as f64);
-        self.c.zip_mut_with(&cb, |a, &b| *a += b as f64);
+        // One block's products in f32 (matrixmultiply), accumulated in f64. Only the Gram's
+        // upper block triangle is formed ([`Normal::mirror`] fills in the rest); each band of
+        // rows (its tiles right of the diagonal and its rows of `XᵀY`) is one parallel task.
+        let width = x.ncols();
+        let band = width.div_ceil(GRAM_BANDS).max(1);
+        let bands: Vec<(usize, ArrayViewMut2<f64>, ArrayViewMut2<f64>)> = self
+            .g
+            .axis_chunks_iter_mut(Axis(0), band)
+            .zip(self.c.axis_chunks_iter_mut(Axis(0), band))
+            .enumerate()
+            .map(|(i, (g, c))| (i * band, g, c))
+            .collect();
+        bands.into_par_iter().for_each(|(r0, mut g, mut c)| {
+            let xi = x.slice(s![.., r0..r0 + g.nrows()]);
+            let mut tile = Array2::<f32>::zeros((g.nrows(), width - r0));
+            general_mat_mul(1.0, &xi.t(), &x.slice(s![.., r0..]), 0.0, &mut tile);
+            g.slice_mut(s![.., r0..])
+                .zip_mut_with(&tile, |a, &b| *a += b as f64);
+            let mut cb = Array2::<f32>::zeros(c.raw_dim());
+            general_mat_mul(1.0, &xi.t(), y, 0.0, &mut cb);
+            c.zip_mut_with(&cb, |a, &b| *a += b as f64);
+        });
         self.yy += y.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
         self.n += x.nrows();
+    }
+
+    /// Copy the Gram's upper triangle (what [`Normal::add_block`] accumulates) to the lower.
+    fn mirror(&mut self) {
+        let w = self.g.nrows();
+        for i in 1..w {
+            for j in 0..i {
+                self.g[[i, j]] = self.g[[j, i]];
+            }
+        }
     }
 
     /// `‖XW − Y‖² − Σ‖y‖²` on these rows for weights `w` against targets whose cross products
@@ -57,6 +84,10 @@ impl Normal {
         (w * &gw).sum() - 2.0 * (w * c).sum()
     }
 }
+
+/// Bands of rows the Gram's upper triangle is accumulated in, in parallel (uneven in work:
+/// the first band has the most tiles; more bands than threads keep the threads busy).
+const GRAM_BANDS: usize = 8;
 
 /// Targets kept when λ is searched: above this many, the search runs on a sketch of them.
 pub const SKETCH: usize = 128;
@@ -178,10 +209,17 @@ impl Ridge {
         self.pending.clear();
     }
 
+    /// Fold in the pending rows and complete the Grams' lower triangles.
+    fn finish(&mut self) {
+        self.flush();
+        self.train.mirror();
+        self.val.mirror();
+    }
+
     /// Mean of the diagonal of the feature Gram (training and validation rows), per row:
     /// the per-feature mean square, used as importance weights when requantizing.
     pub fn feature_power(&mut self) -> Vec<f32> {
-        self.flush();
+        self.finish();
         let n = (self.train.n + self.val.n).max(1) as f64;
         (0..self.d)
             .map(|i| ((self.train.g[[i, i]] + self.val.g[[i, i]]) / n) as f32)
@@ -191,7 +229,7 @@ impl Ridge {
     /// `Σ [x,1][x,1]ᵀ` over every row (training and validation) and over the validation rows
     /// alone, `(d+1)²` with an intercept: what output-aware rounding weighs its error by.
     pub fn grams(&mut self) -> (Array2<f32>, Array2<f32>) {
-        self.flush();
+        self.finish();
         (
             (&self.train.g + &self.val.g).mapv(|v| v as f32),
             self.val.g.mapv(|v| v as f32),
@@ -211,11 +249,11 @@ impl Ridge {
         (tr / self.d.max(1) as f64).max(1e-12)
     }
 
-    /// Solve. With [`Lambda::Auto`] every grid value is fitted on the training rows and scored on
-    /// the validation rows (through a sketch of the targets when there are more than
+    /// Solve. With [`Lambda::Auto`] grid values, from the largest down to the validation error's
+    /// minimum, are fitted on the training rows and scored on the validation rows (through a sketch of the targets when there are more than
     /// [`SKETCH`]); the winner is refitted on all rows.
     pub fn solve(&mut self, lambda: Lambda) -> Result<Solution> {
-        self.flush();
+        self.finish();
         if self.train.n + self.val.n == 0 {
             bail!("no calibration rows to fit");
         }
@@ -230,15 +268,23 @@ impl Ridge {
                 } else {
                     (self.train.c.clone(), self.val.c.clone())
                 };
-                let mut best = (f64::INFINITY, 1e-2);
-                for &l in &LAMBDA_GRID {
+                let score = |l: f64| -> Result<f64> {
                     let w = solve_normal(&self.train.g, &ct, self.d, l * scale)?;
-                    let e = self.val.error_less_yy(&w, &cv);
-                    if e < best.0 {
-                        best = (e, l);
+                    Ok(self.val.error_less_yy(&w, &cv))
+                };
+                // Walk down the grid from its largest λ while the validation error falls: the
+                // error of a ridge fit is (near) unimodal in λ, and the walk saves the
+                // factorisations an exhaustive search spends beyond the minimum.
+                let mut i = LAMBDA_GRID.len() - 1;
+                let mut e = score(LAMBDA_GRID[i])?;
+                while i > 0 {
+                    let below = score(LAMBDA_GRID[i - 1])?;
+                    if below >= e {
+                        break;
                     }
+                    (i, e) = (i - 1, below);
                 }
-                (best.1, (best.0 + self.val.yy) / self.val.yy.max(1e-300))
+                (LAMBDA_GRID[i], (e + self.val.yy) / self.val.yy.max(1e-300))
             }
         };
         let mut all = self.train.clone();
@@ -373,6 +419,75 @@ mod tests {
         // The best λ is inside the grid and both ends are clearly worse: a wrong pick shows.
         assert!(exact(LAMBDA_GRID[0]) > best * 1.05);
         assert!(exact(LAMBDA_GRID[LAMBDA_GRID.len() - 1]) > best * 1.05);
+    }
+
+    #[test]
+    fn banded_gram_is_the_whole_symmetric_gram() {
+        // 13 features + intercept over 8 bands (uneven), rows over three flushes of the block.
+        let (d, m) = (13, 3);
+        let mut s = 5u64;
+        let mut r = Ridge::new(d, m, true);
+        let mut want = Array2::<f64>::zeros((d + 1, d + 1));
+        for i in 0..1100 {
+            let mut x: Vec<f32> = (0..d).map(|_| lcg(&mut s)).collect();
+            let y: Vec<f32> = (0..m).map(|_| lcg(&mut s)).collect();
+            r.add(&x, &y, i % 4 == 0);
+            x.push(1.0);
+            for a in 0..=d {
+                for b in 0..=d {
+                    want[[a, b]] += x[a] as f64 * x[b] as f64;
+                }
+            }
+        }
+        let (all, _) = r.grams();
+        for a in 0..=d {
+            for b in 0..=d {
+                let (g, w) = (all[[a, b]] as f64, want[[a, b]]);
+                assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "[{a},{b}] {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn problems_solved_at_once_match_one_at_a_time() {
+        // What parallel-mode patching does: several layers' systems on rayon's threads, each
+        // with single-threaded LAPACK.
+        let (d, m) = (300, 40);
+        let problems: Vec<Ridge> = (0..4u64)
+            .map(|k| {
+                let mut s = 100 + k;
+                let mut r = Ridge::new(d, m, true);
+                for i in 0..700 {
+                    let x: Vec<f32> = (0..d).map(|_| lcg(&mut s)).collect();
+                    let y: Vec<f32> = (0..m).map(|j| x[j] - x[j + 1] + lcg(&mut s)).collect();
+                    r.add(&x, &y, i % 5 == 0);
+                }
+                r
+            })
+            .collect();
+        let one_by_one: Vec<Solution> = problems
+            .iter()
+            .map(|p| p.clone().solve(Lambda::Auto).unwrap())
+            .collect();
+        let at_once: Vec<Solution> = crate::engine::with_single_threaded_lapack(|| {
+            problems
+                .clone()
+                .into_par_iter()
+                .map(|mut p| p.solve(Lambda::Auto).unwrap())
+                .collect()
+        });
+        for (a, b) in one_by_one.iter().zip(&at_once) {
+            assert_eq!(a.lambda, b.lambda);
+            let scale = a.w.iter().map(|v| v.abs()).fold(0.0, f64::max);
+            let diff = (&a.w - &b.w).iter().map(|v| v.abs()).fold(0.0, f64::max);
+            assert!(
+                diff <= 1e-9 * scale,
+                "max difference {diff} (scale {scale})"
+            );
+        }
     }
 
     #[test]
