@@ -29,7 +29,7 @@ pub struct BakeArgs {
     /// where to write the baked model (or the adapter, with --emit lora)
     #[arg(short, long)]
     output: PathBuf,
-    /// optimizer steps [default: 32 with the warm start, 48 from the unmodified model]
+    /// optimizer steps [default: 32 with the warm start, 96 from the unmodified model]
     #[arg(long)]
     steps: Option<usize>,
     /// adapter rank
@@ -38,9 +38,9 @@ pub struct BakeArgs {
     /// Adam learning rate (decays linearly to a tenth)
     #[arg(long, default_value_t = 2e-3)]
     lr: f64,
-    /// trajectories per step
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
+    /// trajectories per step [default: 8 with the warm start, 4 from the unmodified model]
+    #[arg(long)]
+    batch: Option<usize>,
     /// replies sampled from the prompted model per calibration question
     #[arg(long, default_value_t = 1)]
     trajectories: usize,
@@ -87,9 +87,9 @@ pub struct BakeArgs {
     /// teacher log-probabilities kept per position (the rest is one tail bucket)
     #[arg(long, default_value_t = 256)]
     top_k: usize,
-    /// validate every N steps
-    #[arg(long, default_value_t = 8)]
-    eval_every: usize,
+    /// validate every N steps [default: 8 with the warm start, 16 from the unmodified model]
+    #[arg(long)]
+    eval_every: Option<usize>,
     /// quantization-aware training from this step on (merged output): the student runs the
     /// adapted matrices requantized as they will be stored [default: two thirds of --steps]
     #[arg(long, value_name = "STEP", conflicts_with = "no_qat")]
@@ -149,8 +149,12 @@ pub fn run(a: BakeArgs) -> Result<()> {
         }
         None => Init::None,
     };
-    // Training on top of the patch gains little after 16 steps (docs/RESULTS.md).
-    let steps = a.steps.unwrap_or(if init == Init::Patch { 32 } else { 48 });
+    // Training on top of the patch gains little after 16 steps; from the unmodified model,
+    // twice the steps of half the trajectories train further in the same time (docs/RESULTS.md).
+    let warm = init == Init::Patch;
+    let steps = a.steps.unwrap_or(if warm { 32 } else { 96 });
+    let batch = a.batch.unwrap_or(if warm { 8 } else { 4 });
+    let eval_every = a.eval_every.unwrap_or(if warm { 8 } else { 16 });
     let opts = BakeOptions {
         questions,
         teacher: TeacherOptions {
@@ -162,9 +166,9 @@ pub fn run(a: BakeArgs) -> Result<()> {
         },
         train: TrainOptions {
             steps,
-            batch: a.batch,
+            batch,
             lr: a.lr,
-            eval_every: a.eval_every,
+            eval_every,
             seed: a.seed,
             qat_from: match (a.no_qat, a.qat_from) {
                 (true, _) => None,
