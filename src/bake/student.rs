@@ -373,7 +373,12 @@ impl Student {
     /// importance weights ggml's quantizer takes, what llama.cpp's imatrix tool computes), and,
     /// when asked for, per input ([`input_of`]) `Σ x xᵀ` over the rows seen.
     pub fn take_inputs(&self) -> (BTreeMap<String, Vec<f32>>, BTreeMap<String, Array2<f32>>) {
-        let rec = self.take_recorded();
+        let rec = self
+            .record
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .unwrap_or_default();
         let importance = rec
             .power
             .into_iter()
@@ -385,14 +390,6 @@ impl Student {
             })
             .collect();
         (importance, rec.grams.unwrap_or_default())
-    }
-
-    fn take_recorded(&self) -> Recorded {
-        self.record
-            .lock()
-            .expect("not poisoned")
-            .take()
-            .unwrap_or_default()
     }
 
     fn observe(&self, name: &str, x: &Tensor) -> Result<()> {

@@ -157,7 +157,7 @@ pub fn merge(deltas: Vec<Delta>) -> Vec<Delta> {
 
 /// Turn `deltas` (scaled by `strength`) into GGUF edits against `src`. A strength of 0 yields
 /// no tensor edits at all, so the output's tensors are the input's, byte for byte. Matrices
-/// come first: output-aware rounding may add to a bias.
+/// are stored first: output-aware rounding may add to a bias.
 pub fn to_gguf_edits(
     src: &GgufFile,
     deltas: &[Delta],
@@ -169,8 +169,7 @@ pub fn to_gguf_edits(
     if strength == 0.0 {
         return Ok((edits, reports));
     }
-    let mut merged = merge(deltas.to_vec());
-    merged.sort_by_key(|d| matches!(d, Delta::Bias { .. }));
+    let merged = merge(deltas.to_vec());
     // Bias corrections from output-aware rounding: tensor → (after, values).
     let mut extra: BTreeMap<String, (String, Vec<f32>)> = BTreeMap::new();
     for d in &merged {

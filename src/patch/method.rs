@@ -223,13 +223,23 @@ pub fn deltas(
     l: usize,
     sol: &Solution,
     importance: Vec<f32>,
-    grams: Option<(Array2<f32>, Array2<f32>)>,
+    grams: (Array2<f32>, Array2<f32>),
     search: bool,
     weights: &dyn Weights,
 ) -> Result<Vec<Delta>> {
     let b: Vec<f32> = sol.b.iter().map(|&v| v as f32).collect();
     let bias_nonzero = b.iter().any(|&v| v != 0.0);
     let m = sol.w.mapv(|v| v as f32); // d × m
+    let (gram, val) = grams;
+    let with_intercept = gram.nrows() > m.nrows();
+    let hessian = |bias| {
+        Arc::new(Hessian {
+            gram,
+            val: Some(val),
+            bias,
+            search,
+        })
+    };
     Ok(match method {
         Method::Vector => vec![Delta::Bias {
             tensor: format!("blk.{l}.attn_output.bias"),
@@ -243,14 +253,7 @@ pub fn deltas(
         }],
         Method::Matrix => {
             // Δ = Mᵀ, so W(I+Δ) − W = W·Mᵀ.
-            let hessian = grams.map(|(gram, val)| {
-                Arc::new(Hessian {
-                    gram,
-                    val: Some(val),
-                    bias: None,
-                    search,
-                })
-            });
+            let hessian = hessian(None);
             let mut out = Vec::new();
             for which in ["ffn_up", "ffn_gate"] {
                 let name = format!("blk.{l}.{which}.weight");
@@ -260,7 +263,7 @@ pub fn deltas(
                     name,
                     delta.view(),
                     Some(importance.clone()),
-                    hessian.clone(),
+                    Some(hessian.clone()),
                 ));
             }
             out
@@ -268,20 +271,13 @@ pub fn deltas(
         Method::Down => {
             // ΔW_down = Mᵀ (n_embd × n_ff). With an intercept, the bias takes the rounding's mean.
             let name = format!("blk.{l}.ffn_down.weight");
-            let hessian = grams.map(|(gram, val)| {
-                let bias = (gram.nrows() > m.nrows()).then(|| {
-                    (
-                        format!("blk.{l}.ffn_down.bias"),
-                        format!("blk.{l}.ffn_down.weight"),
-                    )
-                });
-                Arc::new(Hessian {
-                    gram,
-                    val: Some(val),
-                    bias,
-                    search,
-                })
+            let bias = with_intercept.then(|| {
+                (
+                    format!("blk.{l}.ffn_down.bias"),
+                    format!("blk.{l}.ffn_down.weight"),
+                )
             });
+            let hessian = Some(hessian(bias));
             let mut out = vec![matrix_delta(name, m.t(), Some(importance), hessian)];
             if bias_nonzero {
                 out.push(Delta::Bias {

@@ -645,7 +645,7 @@ fn solve_layer(
     let importance = prob.feature_power();
     let sol = prob.solve(opts.lambda)?;
     // After the solve, whose factorisations are the larger working set.
-    let grams = Some(prob.grams());
+    let grams = prob.grams();
     let d = method::deltas(
         opts.method,
         l,

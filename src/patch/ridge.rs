@@ -236,11 +236,6 @@ impl Ridge {
         )
     }
 
-    /// Whether the problem fits an intercept (the Gram's last row and column are its).
-    pub fn intercept(&self) -> bool {
-        self.intercept
-    }
-
     /// The unit λ is given in: `tr(G)/d` over all rows (each feature's Σx², averaged over features).
     fn lambda_unit(&self) -> f64 {
         let tr: f64 = (0..self.d)
@@ -250,8 +245,9 @@ impl Ridge {
     }
 
     /// Solve. With [`Lambda::Auto`] grid values, from the largest down to the validation error's
-    /// minimum, are fitted on the training rows and scored on the validation rows (through a sketch of the targets when there are more than
-    /// [`SKETCH`]); the winner is refitted on all rows.
+    /// minimum, are fitted on the training rows and scored on the validation rows (through a
+    /// sketch of the targets when there are more than [`SKETCH`]); the winner is refitted on all
+    /// rows.
     pub fn solve(&mut self, lambda: Lambda) -> Result<Solution> {
         self.finish();
         if self.train.n + self.val.n == 0 {
