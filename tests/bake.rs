@@ -1,7 +1,8 @@
 //! `bake` on the real models through the command line: strength 0 is the identity, an exported
 //! adapter loads in llama.cpp, changes the output and matches the student, merged output edits
 //! only the adapted matrices and records its provenance, a warm start trains on top of the
-//! patched model, bad input is a one-line error.
+//! patched model, trained bias changes are stored in F32, a refit merge moves the stored model
+//! toward its adapter, bad input is a one-line error.
 
 mod util;
 
@@ -39,6 +40,24 @@ fn bake(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     let (stdout, stderr, ok) = run(&args);
     assert!(ok, "bake {extra:?} failed: {stderr}");
     serde_json::from_str(&stdout).expect("bake --json prints one JSON object")
+}
+
+/// The kinds (`attn_q`, `ffn_down`, …) of the input's tensors whose bytes differ in `out`;
+/// each must have kept its type.
+fn changed_kinds(model: &Path, out: &Path) -> std::collections::BTreeSet<String> {
+    let (a, b) = (
+        gguf::GgufFile::open(model).unwrap(),
+        gguf::GgufFile::open(out).unwrap(),
+    );
+    let mut kinds = std::collections::BTreeSet::new();
+    for t in &a.header().tensors {
+        if a.tensor_bytes(&t.name) != b.tensor_bytes(&t.name) {
+            let stored = b.header().tensor(&t.name).unwrap().ggml_type;
+            assert_eq!(stored, t.ggml_type, "{} changed type", t.name);
+            kinds.insert(t.name.split('.').nth(2).unwrap_or("").to_string());
+        }
+    }
+    kinds
 }
 
 /// llama.cpp's log-probabilities over a fixed unprompted exchange, with an optional adapter.
@@ -164,34 +183,120 @@ fn merged_bake_edits_only_adapted_matrices_records_provenance_and_generates() {
         ],
     );
     assert!(!s["tensors"].as_array().unwrap().is_empty());
-    let (a, b) = (
-        gguf::GgufFile::open(&m).unwrap(),
-        gguf::GgufFile::open(&out).unwrap(),
-    );
-    let mut changed = 0;
-    for t in &a.header().tensors {
-        if a.tensor_bytes(&t.name) != b.tensor_bytes(&t.name) {
-            changed += 1;
-            let kind = t.name.split('.').nth(2).unwrap_or("");
-            assert!(
-                ["attn_q", "attn_k", "attn_v", "attn_output"].contains(&kind),
-                "{} changed but has no adapter",
-                t.name
-            );
-            assert_eq!(
-                b.header().tensor(&t.name).unwrap().ggml_type,
-                t.ggml_type,
-                "{} changed type",
-                t.name
-            );
-        }
+    let changed = changed_kinds(&m, &out);
+    assert!(!changed.is_empty(), "nothing changed");
+    for kind in changed {
+        assert!(
+            ["attn_q", "attn_k", "attn_v", "attn_output"].contains(&kind.as_str()),
+            "{kind} changed but has no adapter"
+        );
     }
-    assert!(changed > 0, "nothing changed");
+    let b = gguf::GgufFile::open(&out).unwrap();
     let meta = &b.header().metadata;
     assert_eq!(meta.get_str("sleep.method"), Some("bake"));
     assert!(meta.get_str("sleep.bake").unwrap().contains("targets=attn"));
     assert_eq!(meta.get_str("sleep.prompt_sha256").map(str::len), Some(64));
     assert!(!greedy(&out).trim().is_empty());
+}
+
+#[test]
+fn trained_bias_changes_are_stored_exactly_in_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let out = dir.path().join("bias.gguf");
+    bake(
+        &m,
+        &out,
+        &[
+            "--init",
+            "none",
+            "--steps",
+            "2",
+            "--lr",
+            "1e-2",
+            "--targets",
+            "mlp",
+            "--no-qat",
+            "--bias",
+        ],
+    );
+    let (a, b) = (
+        gguf::GgufFile::open(&m).unwrap(),
+        gguf::GgufFile::open(&out).unwrap(),
+    );
+    let n_layer = a.header().arch_u64("block_count").unwrap();
+    for l in 0..n_layer {
+        for kind in gguf_sleep::bake::BIAS_KINDS {
+            let name = format!("blk.{l}.{kind}.bias");
+            assert!(a.header().tensor(&name).is_none(), "{name} in the input");
+            let t = b
+                .header()
+                .tensor(&name)
+                .unwrap_or_else(|| panic!("no {name}"));
+            assert_eq!(t.ggml_type, gguf::GgmlType::F32, "{name}");
+            let v: Vec<f32> = b
+                .tensor_bytes(&name)
+                .unwrap()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            assert!(v.iter().any(|&x| x != 0.0), "{name} is zero after training");
+        }
+    }
+    assert!(b
+        .header()
+        .metadata
+        .get_str("sleep.bake")
+        .unwrap()
+        .contains("bias=true"));
+    assert!(!greedy(&out).trim().is_empty());
+}
+
+#[test]
+fn refit_merge_moves_the_stored_model_toward_its_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let out = dir.path().join("refit.gguf");
+    let adapter = dir.path().join("refit.lora.gguf");
+    bake(
+        &m,
+        &out,
+        &[
+            "--merge",
+            "refit",
+            "--steps",
+            "3",
+            "--lr",
+            "1e-2",
+            "--save-adapter",
+            adapter.to_str().unwrap(),
+        ],
+    );
+    // Only what the patch's `down` fit stores changed, each in its own type.
+    assert_eq!(
+        changed_kinds(&m, &out).into_iter().collect::<Vec<_>>(),
+        ["ffn_down"]
+    );
+    let b = gguf::GgufFile::open(&out).unwrap();
+    let meta = b.header().metadata.get_str("sleep.bake").unwrap();
+    assert!(
+        meta.contains("merge=refit") && meta.contains("init=none"),
+        "{meta}"
+    );
+    // The stored model is closer to the adapted model than the unmodified one is.
+    let (_, adapted) = llama_logprobs(&m, Some(&adapter));
+    let (_, base) = llama_logprobs(&m, None);
+    let (_, refit) = llama_logprobs(&out, None);
+    let (from_base, from_refit) = (mean_kl(&adapted, &base), mean_kl(&adapted, &refit));
+    eprintln!("KL to the adapted model: base {from_base:.4}, refit {from_refit:.4}");
+    assert!(
+        from_base > 1e-3,
+        "the adapter changes too little: {from_base}"
+    );
+    assert!(
+        from_refit < from_base,
+        "the refit moved away from its adapter: {from_refit} >= {from_base}"
+    );
 }
 
 #[test]
@@ -318,6 +423,31 @@ fn bad_input_is_a_one_line_error() {
             "bake", ms, "--prompt", PROMPT, "-o", os, "--init", "patch", "--emit", "lora",
         ],
         "merged",
+    );
+    assert_one_line_error(
+        &[
+            "bake", ms, "--prompt", PROMPT, "-o", os, "--bias", "--emit", "lora",
+        ],
+        "adapter file cannot carry",
+    );
+    assert_one_line_error(
+        &[
+            "bake", ms, "--prompt", PROMPT, "-o", os, "--merge", "refit", "--init", "patch",
+        ],
+        "--init none",
+    );
+    let g = util::gemma3();
+    assert_one_line_error(
+        &[
+            "bake",
+            g.to_str().unwrap(),
+            "--prompt",
+            PROMPT,
+            "-o",
+            os,
+            "--bias",
+        ],
+        "no attn_output or ffn_down bias",
     );
     let src = gguf::GgufFile::open(&m).unwrap();
     let alien = dir.path().join("alien.gguf");

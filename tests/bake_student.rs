@@ -92,10 +92,10 @@ fn zero_adapter_student_applies_the_biases_llama_cpp_applies() {
     );
 }
 
-#[test]
-fn one_training_step_lowers_the_loss_on_a_fixed_batch() {
-    let path = util::smollm2();
-    let model = Model::load(&path).unwrap();
+/// One prompted exchange as a training example: the unprompted tokens with the prompted
+/// model's top-32 distributions over the reply.
+fn fixed_example(path: &std::path::Path) -> teacher::Example {
+    let model = Model::load(path).unwrap();
     let (prompted, n) = conversation(&model, Some(SYSTEM));
     let (unprompted, _) = conversation(&model, None);
     let lp = util::llama_logprobs(&model, &prompted, None);
@@ -116,16 +116,13 @@ fn one_training_step_lowers_the_loss_on_a_fixed_batch() {
         ex.logp.extend(v);
         ex.tail.push(t);
     }
-    let file = gguf::GgufFile::open(&path).unwrap();
-    let student = Student::load(&file).unwrap();
-    let mut lora = LoraSet::default();
-    for l in 0..student.config().n_layer {
-        let (o, i) = student.matrix_shape(l, "ffn_down").unwrap();
-        lora.add_fresh(&format!("blk.{l}.ffn_down.weight"), o, i, 4, l as u64)
-            .unwrap();
-    }
-    let examples = vec![ex];
-    let before = train::mean_kl(&student, &lora, &examples, 1).unwrap();
+    ex
+}
+
+/// One Adam step on `lora` over the fixed example: the KL (before, after).
+fn one_step(path: &std::path::Path, student: &Student, lora: &LoraSet) -> (f64, f64) {
+    let examples = vec![fixed_example(path)];
+    let before = train::mean_kl(student, lora, &examples, 1).unwrap();
     assert!(before > 0.05, "the prompt should matter: KL {before}");
     let opts = train::TrainOptions {
         steps: 1,
@@ -137,8 +134,8 @@ fn one_training_step_lowers_the_loss_on_a_fixed_batch() {
         qat_every: 1,
     };
     let curve = train::train(
-        &student,
-        &lora,
+        student,
+        lora,
         &examples,
         &examples,
         before,
@@ -148,8 +145,44 @@ fn one_training_step_lowers_the_loss_on_a_fixed_batch() {
         &mut |_, _| {},
     )
     .unwrap();
-    let after = curve.last().unwrap().val_kl;
+    (before, curve.last().unwrap().val_kl)
+}
+
+#[test]
+fn one_training_step_lowers_the_loss_on_a_fixed_batch() {
+    let path = util::smollm2();
+    let file = gguf::GgufFile::open(&path).unwrap();
+    let student = Student::load(&file).unwrap();
+    let mut lora = LoraSet::default();
+    for l in 0..student.config().n_layer {
+        let (o, i) = student.matrix_shape(l, "ffn_down").unwrap();
+        lora.add_fresh(&format!("blk.{l}.ffn_down.weight"), o, i, 4, l as u64)
+            .unwrap();
+    }
+    let (before, after) = one_step(&path, &student, &lora);
     eprintln!("loss {before:.4} → {after:.4} after one step");
+    assert!(
+        after < before,
+        "one step did not lower the loss: {before} → {after}"
+    );
+}
+
+#[test]
+fn one_step_on_bias_changes_alone_moves_them_and_lowers_the_loss() {
+    let path = util::smollm2();
+    let file = gguf::GgufFile::open(&path).unwrap();
+    let student = Student::load(&file).unwrap();
+    let mut lora = LoraSet::default();
+    for l in 0..student.config().n_layer {
+        for kind in gguf_sleep::bake::BIAS_KINDS {
+            let (o, _) = student.matrix_shape(l, kind).unwrap();
+            lora.add_bias(&format!("blk.{l}.{kind}.bias"), o).unwrap();
+        }
+    }
+    assert!(lora.is_zero().unwrap(), "fresh bias changes are zero");
+    let (before, after) = one_step(&path, &student, &lora);
+    eprintln!("loss {before:.4} → {after:.4} after one step on the biases");
+    assert!(!lora.is_zero().unwrap(), "the step left the biases at zero");
     assert!(
         after < before,
         "one step did not lower the loss: {before} → {after}"

@@ -1,5 +1,7 @@
 //! Trainable low-rank adapters: `ΔW = B·A` on chosen weight matrices, `A` (`r × in`) and `B`
 //! (`out × r`) as candle variables. `B` starts at zero, so a fresh adapter is the identity.
+//! Optionally also trainable bias changes on the projections that write into the residual
+//! stream: a merged model stores them exactly, in F32, where a 4-bit grid rounds most of `B·A`.
 
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -73,6 +75,9 @@ impl Adapter {
 pub struct LoraSet {
     /// adapters by tensor name
     pub adapters: BTreeMap<String, Adapter>,
+    /// changes to biases (added to the file's own, if any), by bias tensor name
+    /// (`blk.3.ffn_down.bias`)
+    pub biases: BTreeMap<String, Var>,
 }
 
 impl LoraSet {
@@ -111,6 +116,18 @@ impl LoraSet {
         Ok(())
     }
 
+    /// A trainable bias change of `n` values on `name` (`blk.3.ffn_down.bias`), starting at zero.
+    pub fn add_bias(&mut self, name: &str, n: usize) -> Result<()> {
+        let v = Var::zeros(n, DType::F32, &Device::Cpu)?;
+        self.biases.insert(name.to_string(), v);
+        Ok(())
+    }
+
+    /// The bias change on `name`, if any.
+    pub fn bias(&self, name: &str) -> Option<&Tensor> {
+        self.biases.get(name).map(Var::as_tensor)
+    }
+
     /// The adapter on `name`, if any.
     pub fn get(&self, name: &str) -> Option<&Adapter> {
         self.adapters.get(name)
@@ -121,13 +138,19 @@ impl LoraSet {
         self.adapters
             .values()
             .flat_map(|a| [a.a.clone(), a.b.clone()])
+            .chain(self.biases.values().cloned())
             .collect()
     }
 
-    /// Whether every adapter is the identity (`B = 0`).
+    /// Whether every adapter is the identity (`B = 0`, no bias change).
     pub fn is_zero(&self) -> Result<bool> {
-        for a in self.adapters.values() {
-            if a.b.as_tensor().abs()?.max_all()?.to_scalar::<f32>()? != 0.0 {
+        let changes = self
+            .adapters
+            .values()
+            .map(|a| a.b.as_tensor())
+            .chain(self.biases.values().map(Var::as_tensor));
+        for t in changes {
+            if t.abs()?.max_all()?.to_scalar::<f32>()? != 0.0 {
                 return Ok(false);
             }
         }
@@ -139,7 +162,8 @@ impl LoraSet {
         self.adapters
             .values()
             .map(|a| a.a.elem_count() + a.b.elem_count())
-            .sum()
+            .sum::<usize>()
+            + self.biases.values().map(|b| b.elem_count()).sum::<usize>()
     }
 
     /// `x·Aᵀ·Bᵀ` for the adapter on `name` (None when it has none).

@@ -6,8 +6,9 @@
 //! and records its next-token distributions; the student ([`student`]: the same GGUF weights,
 //! dequantized and frozen, as a differentiable forward pass in candle) carries adapters
 //! ([`lora`]), optionally warm-started from the training-free `patch`; Adam trains them
-//! ([`train`]); the result is merged into the weights and requantized to their own types, or
-//! written as a LoRA adapter GGUF llama.cpp loads with `--lora`.
+//! ([`train`]); the result is merged into the weights and requantized to their own types
+//! ([`Merge::Requantize`]), stored by the training-free patch fitted to the adapted model
+//! ([`Merge::Refit`]), or written as a LoRA adapter GGUF llama.cpp loads with `--lora`.
 
 pub mod frozen;
 pub mod lora;
@@ -41,6 +42,18 @@ pub enum Init {
     Patch,
 }
 
+/// How a trained adapter becomes a model's own weights (merged output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// `W + B·A` of every adapted matrix requantized to its stored type (with
+    /// quantization-aware training from `TrainOptions::qat_from`)
+    Requantize,
+    /// the adapter, trained in full precision, is the teacher of the training-free `patch`
+    /// (`down`, sequential, output-aware rounding): each layer's `ffn_down` and its bias are
+    /// fitted, in the file's own types, to reproduce the adapted model's activations
+    Refit,
+}
+
 /// What `bake` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BakeEmit {
@@ -72,6 +85,11 @@ pub struct BakeOptions {
     pub strength: f32,
     /// merged model or adapter
     pub emit: BakeEmit,
+    /// how a merged output takes in the adapter
+    pub merge: Merge,
+    /// also train a change to the biases of `attn_output` and `ffn_down` (merged output only:
+    /// stored exactly in F32, where a 4-bit grid rounds most of a low-rank change away)
+    pub bias: bool,
     /// storage of merged matrices
     pub edit_type: EditType,
     /// round merged adapters to keep each layer's output (see [`patch::rounding`]); the warm
@@ -150,12 +168,23 @@ pub fn bake(
     if opts.init == Init::Patch && (opts.emit == BakeEmit::Lora || opts.save_adapter.is_some()) {
         bail!("--init patch changes the weights themselves, which an adapter cannot carry: use --emit merged");
     }
+    if opts.bias && (opts.emit == BakeEmit::Lora || opts.save_adapter.is_some()) {
+        bail!("an adapter file cannot carry bias changes: train without them (--no-bias) for --emit lora or --save-adapter");
+    }
+    let refit = opts.emit == BakeEmit::Merged && opts.merge == Merge::Refit;
+    if refit && (opts.init == Init::Patch || opts.bias) {
+        bail!("--merge refit fits the patch to an adapter trained from the unmodified model: use it with --init none and without --bias");
+    }
     if opts.init == Init::Patch && opts.strength != 1.0 {
         bail!("--strength scales an adapter trained from the unmodified model: use --init none with it (or `patch --strength`)");
     }
     crate::engine::retain_freed_memory();
     let src = gguf::GgufFile::open(input)?;
     student::Config::from_file(&src)?;
+    let arch = src.header().architecture().unwrap_or_default();
+    if opts.bias && !patch::applies_out_biases(arch) {
+        bail!("llama.cpp applies no attn_output or ffn_down bias to {arch} models: bake without --bias");
+    }
     let mut phases = Vec::new();
 
     let t = Instant::now();
@@ -204,7 +233,7 @@ pub fn bake(
         Init::Patch => {
             drop(original);
             let t = Instant::now();
-            let tmp = patch_first(input, output, system, &train_set, opts, progress)?;
+            let (tmp, _) = run_patch(input, output, system, &train_set, opts, None, progress)?;
             let file = gguf::GgufFile::open(tmp.path())?;
             let student = Student::load(&file)?;
             let kl = train::mean_kl(&student, &LoraSet::default(), &val, opts.train.batch)?;
@@ -240,8 +269,9 @@ pub fn bake(
     };
     let steps = opts.train.steps;
     let mut train_opts = opts.train.clone();
-    if opts.emit != BakeEmit::Merged {
-        train_opts.qat_from = None; // an adapter is stored exactly
+    if opts.emit != BakeEmit::Merged || refit {
+        // An adapter is stored exactly; a refit reproduces the full-precision adapter.
+        train_opts.qat_from = None;
     }
     let mut snapshot = opts.save_adapter.clone();
     let curve = train::train(
@@ -275,6 +305,24 @@ pub fn bake(
             Vec::new(),
             write_adapter(src, &lora, opts.strength, output)?,
         ),
+        BakeEmit::Merged if refit => {
+            let adapter = scratch(output, "adapter")?;
+            write_adapter(src, &lora, opts.strength, adapter.path())?;
+            let (fitted, r) = run_patch(
+                input,
+                output,
+                system,
+                &train_set,
+                opts,
+                Some(adapter.path()),
+                progress,
+            )?;
+            let file = gguf::GgufFile::open(fitted.path())?;
+            let mut edits = gguf::Edits::new();
+            provenance(&mut edits, file.header(), system, opts);
+            let w = gguf::write(&file, &edits, output, &gguf::WriteOptions::default())?;
+            (r.tensors, w.bytes)
+        }
         BakeEmit::Merged => {
             let mut deltas = Vec::new();
             for (name, ad) in &lora.adapters {
@@ -285,6 +333,13 @@ pub fn bake(
                     hessian: hessians.get(&student::input_of(name)).cloned(),
                 });
             }
+            for (name, b) in &lora.biases {
+                deltas.push(Delta::Bias {
+                    tensor: name.clone(),
+                    after: name.replace(".bias", ".weight"),
+                    values: b.as_tensor().to_vec1::<f32>()?,
+                });
+            }
             let (mut edits, reports) =
                 patch::edit::to_gguf_edits(src, &deltas, opts.strength, opts.edit_type)?;
             provenance(&mut edits, src.header(), system, opts);
@@ -293,7 +348,12 @@ pub fn bake(
         }
     };
     progress("write", 1, 1, None);
-    phases.push(("write".to_string(), t.elapsed().as_secs_f64()));
+    let phase = if refit {
+        "refit (patch) + write"
+    } else {
+        "write"
+    };
+    phases.push((phase.to_string(), t.elapsed().as_secs_f64()));
     Ok(BakeReport {
         questions: opts.questions.len(),
         train_trajectories: train_set.len(),
@@ -337,10 +397,21 @@ fn hessians(
         .collect()
 }
 
-/// A fresh adapter (`B = 0`) of rank `opts.rank` on every targeted matrix.
+/// Projections whose bias change is trained with `opts.bias`: the two that write into the
+/// residual stream (a change to `attn_v`'s bias reaches it only through `attn_output`).
+pub const BIAS_KINDS: [&str; 2] = ["attn_output", "ffn_down"];
+
+/// A fresh adapter (`B = 0`) of rank `opts.rank` on every targeted matrix, and with
+/// `opts.bias` a zero bias change on [`BIAS_KINDS`].
 fn adapters(student: &Student, opts: &BakeOptions) -> Result<LoraSet> {
     let mut set = LoraSet::default();
     for l in 0..student.config().n_layer {
+        if opts.bias {
+            for kind in BIAS_KINDS {
+                let (n_out, _) = student.matrix_shape(l, kind)?;
+                set.add_bias(&format!("blk.{l}.{kind}.bias"), n_out)?;
+            }
+        }
         for (j, kind) in opts.targets.kinds().iter().enumerate() {
             let (n_out, n_in) = student.matrix_shape(l, kind)?;
             let seed = opts.train.seed ^ ((l * 16 + j) as u64).wrapping_mul(0x9E37_79B9);
@@ -359,21 +430,18 @@ fn adapters(student: &Student, opts: &BakeOptions) -> Result<LoraSet> {
 /// Run the training-free patch (its defaults: `down`, sequential, output-aware rounding; stored
 /// as `opts.edit_type`) into a temporary file next to `output`, fitted on at most
 /// `opts.init_questions` of the training questions (never the validation ones) with the
-/// teacher's sampled replies as its targets, so no reply is generated twice.
-fn patch_first(
+/// teacher's sampled replies as its replies, so no reply is generated twice. Its targets are
+/// the prompted model's activations, or with `teacher` those of the model with that adapter.
+fn run_patch(
     input: &Path,
     output: &Path,
     system: &str,
     train_set: &[Example],
     opts: &BakeOptions,
+    teacher: Option<&Path>,
     progress: Progress,
-) -> Result<tempfile::NamedTempFile> {
-    let dir = patch::parent_dir(output);
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".gguf-sleep-init-{}-", std::process::id()))
-        .suffix(".gguf")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write to {}", dir.display()))?;
+) -> Result<(tempfile::NamedTempFile, patch::PatchReport)> {
+    let tmp = scratch(output, "patch")?;
     let (questions, replies) = init_material(train_set, opts.init_questions);
     let popts = patch::PatchOptions {
         method: patch::Method::Down,
@@ -392,11 +460,22 @@ fn patch_first(
         emit: patch::Emit::Merged,
         bias: true,
         replies: Some(replies),
+        teacher_lora: teacher.map(Path::to_path_buf),
     };
-    patch::patch(input, tmp.path(), system, &popts, &mut |p, d, n| {
+    let report = patch::patch(input, tmp.path(), system, &popts, &mut |p, d, n| {
         progress(&format!("patch {p}"), d, n, None)
     })?;
-    Ok(tmp)
+    Ok((tmp, report))
+}
+
+/// A temporary `.gguf` next to `output` (`.gguf-sleep-WHAT-PID-…`), removed when dropped.
+fn scratch(output: &Path, what: &str) -> Result<tempfile::NamedTempFile> {
+    let dir = patch::parent_dir(output);
+    tempfile::Builder::new()
+        .prefix(&format!(".gguf-sleep-{what}-{}-", std::process::id()))
+        .suffix(".gguf")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write to {}", dir.display()))
 }
 
 /// The warm start's calibration: the first trajectory of each training question, at most `n`
@@ -483,12 +562,17 @@ fn provenance(edits: &mut gguf::Edits, src: &gguf::Header, system: &str, opts: &
         Init::None => "none",
         Init::Patch => "patch",
     };
+    let merge = match opts.merge {
+        Merge::Requantize => "requantize",
+        Merge::Refit => "refit",
+    };
     let params = format!(
-        "steps={} rank={} lr={} targets={} init={init} trajectories={} temperature={} batch={}",
+        "steps={} rank={} lr={} targets={} bias={} init={init} merge={merge} trajectories={} temperature={} batch={}",
         opts.train.steps,
         opts.rank,
         opts.train.lr,
         opts.targets.name(),
+        opts.bias,
         opts.teacher.per_question,
         opts.teacher.temperature,
         opts.train.batch,

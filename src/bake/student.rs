@@ -326,11 +326,14 @@ impl Student {
         x: &Tensor,
         lora: &LoraSet,
     ) -> Result<Tensor> {
-        let y = self.project(w, l, kind, x, lora)?;
-        match self.layers[l].bias.get(kind) {
-            Some(b) => Ok(y.broadcast_add(b)?),
-            None => Ok(y),
+        let mut y = self.project(w, l, kind, x, lora)?;
+        if let Some(b) = self.layers[l].bias.get(kind) {
+            y = y.broadcast_add(b)?;
         }
+        if let Some(db) = lora.bias(&format!("blk.{l}.{kind}.bias")) {
+            y = y.broadcast_add(db)?;
+        }
+        Ok(y)
     }
 
     /// `x·Wᵀ` with the adapter of `blk.{l}.{kind}.weight`, without the bias.

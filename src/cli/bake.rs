@@ -52,8 +52,8 @@ pub struct BakeArgs {
     targets: TargetsArg,
     /// start from the unmodified model, or from the training-free patch (its default method,
     /// merged and requantized), training adapters on top of the patched weights [default: patch
-    /// for a merged output at full strength; none with --emit lora, --strength or
-    /// --save-adapter, which need an adapter trained from the unmodified model]
+    /// for a merged output at full strength; none with --emit lora, --strength, --save-adapter
+    /// or --merge refit, which need an adapter trained from the unmodified model]
     #[arg(long, value_enum)]
     init: Option<InitArg>,
     /// calibration questions the warm start's patch fits on (spread over the training
@@ -66,6 +66,16 @@ pub struct BakeArgs {
     /// what to write: merged (the baked model, requantized) or lora (an adapter for --lora)
     #[arg(long, value_enum, default_value_t = EmitArg::Merged)]
     emit: EmitArg,
+    /// how a merged output takes in the trained adapter: requantize (W + B·A of every adapted
+    /// matrix in its own type, with quantization-aware training) or refit (the adapter, trained
+    /// in full precision, becomes the teacher of `patch`'s sequential `down` fit, which is
+    /// stored in the file's own types; implies --init none)
+    #[arg(long, value_enum, default_value_t = MergeArg::Requantize)]
+    merge: MergeArg,
+    /// also train a change to the biases of attn_output and ffn_down, stored exactly (F32) in
+    /// a merged output; an adapter file cannot carry them
+    #[arg(long, conflicts_with = "save_adapter")]
+    bias: bool,
     /// storage of merged matrices: same (requantize to the original type), q8_0, f16, f32
     #[arg(long, value_enum, default_value_t = EditTypeArg::Same)]
     edit_type: EditTypeArg,
@@ -112,6 +122,12 @@ pub struct BakeArgs {
     json: bool,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MergeArg {
+    Requantize,
+    Refit,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum TargetsArg {
     Attn,
@@ -144,7 +160,11 @@ pub fn run(a: BakeArgs) -> Result<()> {
     let init = match a.init {
         Some(InitArg::None) => Init::None,
         Some(InitArg::Patch) => Init::Patch,
-        None if a.emit == EmitArg::Merged && a.strength == 1.0 && a.save_adapter.is_none() => {
+        None if a.emit == EmitArg::Merged
+            && a.strength == 1.0
+            && a.save_adapter.is_none()
+            && a.merge == MergeArg::Requantize =>
+        {
             Init::Patch
         }
         None => Init::None,
@@ -190,6 +210,11 @@ pub fn run(a: BakeArgs) -> Result<()> {
             EmitArg::Merged => BakeEmit::Merged,
             EmitArg::Lora => BakeEmit::Lora,
         },
+        merge: match a.merge {
+            MergeArg::Requantize => bake::Merge::Requantize,
+            MergeArg::Refit => bake::Merge::Refit,
+        },
+        bias: a.bias,
         edit_type: a.edit_type.into(),
         output_rounding: matches!(a.rounding, RoundingArg::Output),
         max_val: 16,

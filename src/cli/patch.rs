@@ -187,6 +187,7 @@ pub fn run(a: PatchArgs) -> Result<()> {
         },
         bias: !a.no_bias,
         replies: None,
+        teacher_lora: None,
     };
     let mut pb: Option<(String, ProgressBar)> = None;
     let report = patch::patch(

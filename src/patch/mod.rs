@@ -72,6 +72,10 @@ pub struct PatchOptions {
     /// the prompted model's replies to the questions, one each, when already at hand (`bake`'s
     /// sampled trajectories): no replies are generated
     pub replies: Option<Vec<Vec<i32>>>,
+    /// fit to this LoRA adapter instead of to the prompt (sequential only): the targets are the
+    /// activations of the model with the adapter applied and no system prompt, on the same
+    /// tokens as the unprompted run (`bake` stores a trained adapter in the file's own types so)
+    pub teacher_lora: Option<PathBuf>,
 }
 
 /// What `patch` writes.
@@ -214,6 +218,9 @@ pub fn patch(
         );
     }
     check_prompt_fits(&model, system)?;
+    if opts.teacher_lora.is_some() && (!opts.sequential || opts.method == Method::Sleep) {
+        bail!("fitting to an adapter needs a sequential fit of vector, matrix or down");
+    }
 
     let mut phases = Vec::new();
     let t = Instant::now();
@@ -223,7 +230,7 @@ pub fn patch(
     };
     let n_q = opts.questions.len();
     let mut done = 0;
-    let pairs = material::build(
+    let mut pairs = material::build(
         &model,
         system,
         &opts.questions,
@@ -234,6 +241,13 @@ pub fn patch(
             progress("replies", done, n_q);
         },
     )?;
+    if opts.teacher_lora.is_some() {
+        // The teacher is the adapted model used as the patched one will be: no system prompt.
+        for p in &mut pairs {
+            p.prompted = p.unprompted.clone();
+            p.align.prompted_start = p.align.unprompted_start;
+        }
+    }
     phases.push(("replies".to_string(), t.elapsed().as_secs_f64()));
     let tokens: usize = pairs.iter().map(|p| p.align.len).sum();
     let n_ctx = pairs
@@ -423,9 +437,15 @@ fn arch_of(src: &gguf::GgufFile, name: &str, n_layer: usize) -> Result<Arch> {
         head_dim_v,
         n_embd,
         n_ff,
-        has_out_biases: matches!(name, "llama" | "mistral" | "granite"),
+        has_out_biases: applies_out_biases(name),
         ffn_post_norm,
     })
+}
+
+/// Whether llama.cpp's graph for architecture `name` adds `attn_output.bias` and
+/// `ffn_down.bias` when a file has them (the llama family does; gemma3 does not).
+pub fn applies_out_biases(name: &str) -> bool {
+    matches!(name, "llama" | "mistral" | "granite")
 }
 
 /// A prompt that does not leave room for a conversation in the model's context is refused.

@@ -50,7 +50,17 @@ pub(super) fn fit(
         })?;
     let t = Instant::now();
     let (pk, _) = method::kinds(opts.method, arch);
-    let prompted = capture_prompted(input, copts, pairs, layers, &pk, work.path(), progress)?;
+    let teacher = opts.teacher_lora.as_deref();
+    let prompted = capture_prompted(
+        input,
+        teacher,
+        copts,
+        pairs,
+        layers,
+        &pk,
+        work.path(),
+        progress,
+    )?;
     phases.push(("capture prompted".to_string(), t.elapsed().as_secs_f64()));
     let run = Run {
         src,
@@ -66,9 +76,13 @@ pub(super) fn fit(
     run.by_layer(layers, phases, progress)
 }
 
-/// The prompted run's rows of `kinds` at every layer, aligned, spilled into `work`.
+/// The prompted run's rows of `kinds` at every layer, aligned, spilled into `work`; with a
+/// `teacher` adapter, the run of the model with that adapter applied (the pairs then hold the
+/// same tokens twice, see [`super::PatchOptions::teacher_lora`]).
+#[allow(clippy::too_many_arguments)]
 fn capture_prompted(
     input: &Path,
+    teacher: Option<&Path>,
     copts: &ContextOptions,
     pairs: &[Pair],
     layers: &[usize],
@@ -82,7 +96,11 @@ fn capture_prompted(
     let dir = work.join("prompted");
     std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut spill = Spill::new(&dir);
+    let adapter = teacher.map(|p| model.load_lora(p)).transpose()?;
     let mut ctx = Context::new(&model, copts)?;
+    if let Some(a) = &adapter {
+        ctx.set_lora(a, 1.0)?;
+    }
     for (i, p) in pairs.iter().enumerate() {
         spill.push(&slice_rows(
             capture::run(&mut ctx, &p.prompted, &req)?,
