@@ -78,7 +78,7 @@ pub struct BakeOptions {
     pub targets: Targets,
     /// warm start
     pub init: Init,
-    /// most calibration questions the warm start's patch fits on (drawn evenly from the
+    /// most calibration questions the warm start's or the refit's patch fits on (drawn evenly from the
     /// training questions, with the teacher's first sampled reply to each)
     pub init_questions: usize,
     /// scale of the trained adapter (0 = identity)
