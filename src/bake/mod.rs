@@ -78,8 +78,8 @@ pub struct BakeOptions {
     pub targets: Targets,
     /// warm start
     pub init: Init,
-    /// most calibration questions the warm start's or the refit's patch fits on (drawn evenly from the
-    /// training questions, with the teacher's first sampled reply to each)
+    /// most calibration questions the warm start's or the refit's patch fits on (drawn evenly
+    /// from the training questions, with the teacher's first sampled reply to each)
     pub init_questions: usize,
     /// scale of the trained adapter (0 = identity)
     pub strength: f32,
@@ -169,7 +169,7 @@ pub fn bake(
         bail!("--init patch changes the weights themselves, which an adapter cannot carry: use --emit merged");
     }
     if opts.bias && (opts.emit == BakeEmit::Lora || opts.save_adapter.is_some()) {
-        bail!("an adapter file cannot carry bias changes: train without them (--no-bias) for --emit lora or --save-adapter");
+        bail!("an adapter file cannot carry bias changes: bake without --bias for --emit lora or --save-adapter");
     }
     let refit = opts.emit == BakeEmit::Merged && opts.merge == Merge::Refit;
     if refit && (opts.init == Init::Patch || opts.bias) {

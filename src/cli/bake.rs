@@ -56,8 +56,8 @@ pub struct BakeArgs {
     /// or --merge refit, which need an adapter trained from the unmodified model]
     #[arg(long, value_enum)]
     init: Option<InitArg>,
-    /// calibration questions the warm start's (or --merge refit's) patch fits on (spread over the training
-    /// questions, with the teacher's replies)
+    /// calibration questions the warm start's (or --merge refit's) patch fits on (spread over
+    /// the training questions, with the teacher's replies)
     #[arg(long, value_name = "N", default_value_t = 128)]
     init_calib_size: usize,
     /// scale of the trained adapter; 0 writes the model unchanged
