@@ -11,6 +11,7 @@
 //! ([`Merge::Refit`]), or written as a LoRA adapter GGUF llama.cpp loads with `--lora`.
 
 pub mod frozen;
+pub mod fused;
 pub mod lora;
 pub mod qat;
 pub mod student;
@@ -233,7 +234,8 @@ pub fn bake(
         Init::Patch => {
             drop(original);
             let t = Instant::now();
-            let (tmp, _) = run_patch(input, output, system, &train_set, opts, None, progress)?;
+            let tmp = scratch(output, "patch")?;
+            run_patch(input, tmp.path(), system, &train_set, opts, None, progress)?;
             let file = gguf::GgufFile::open(tmp.path())?;
             let student = Student::load(&file)?;
             let kl = train::mean_kl(&student, &LoraSet::default(), &val, opts.train.batch)?;
@@ -306,22 +308,24 @@ pub fn bake(
             write_adapter(src, &lora, opts.strength, output)?,
         ),
         BakeEmit::Merged if refit => {
+            // The patch, fitted to the adapter, is the output: it records bake's provenance over
+            // its own in its one write.
             let adapter = scratch(output, "adapter")?;
             write_adapter(src, &lora, opts.strength, adapter.path())?;
-            let (fitted, r) = run_patch(
+            let refit = Refit {
+                teacher: adapter.path(),
+                provenance: provenance(src.header(), system, opts),
+            };
+            let r = run_patch(
                 input,
                 output,
                 system,
                 &train_set,
                 opts,
-                Some(adapter.path()),
+                Some(refit),
                 progress,
             )?;
-            let file = gguf::GgufFile::open(fitted.path())?;
-            let mut edits = gguf::Edits::new();
-            provenance(&mut edits, file.header(), system, opts);
-            let w = gguf::write(&file, &edits, output, &gguf::WriteOptions::default())?;
-            (r.tensors, w.bytes)
+            (r.tensors, r.bytes)
         }
         BakeEmit::Merged => {
             let mut deltas = Vec::new();
@@ -342,17 +346,13 @@ pub fn bake(
             }
             let (mut edits, reports) =
                 patch::edit::to_gguf_edits(src, &deltas, opts.strength, opts.edit_type)?;
-            provenance(&mut edits, src.header(), system, opts);
+            provenance(src.header(), system, opts).apply(&mut edits, src.header(), None);
             let r = gguf::write(src, &edits, output, &gguf::WriteOptions::default())?;
             (reports, r.bytes)
         }
     };
     progress("write", 1, 1, None);
-    let phase = if refit {
-        "refit (patch) + write"
-    } else {
-        "write"
-    };
+    let phase = if refit { "refit (patch)" } else { "write" };
     phases.push((phase.to_string(), t.elapsed().as_secs_f64()));
     Ok(BakeReport {
         questions: opts.questions.len(),
@@ -427,22 +427,32 @@ fn adapters(student: &Student, opts: &BakeOptions) -> Result<LoraSet> {
     Ok(set)
 }
 
+/// What `--merge refit` hands the patch: the adapter whose activations are its targets, and
+/// bake's provenance to record over the patch's own.
+struct Refit<'a> {
+    teacher: &'a Path,
+    provenance: patch::Provenance,
+}
+
 /// Run the training-free patch (its defaults: `down`, sequential, output-aware rounding; stored
-/// as `opts.edit_type`) into a temporary file next to `output`, fitted on at most
-/// `opts.init_questions` of the training questions (never the validation ones) with the
-/// teacher's sampled replies as its replies, so no reply is generated twice. Its targets are
-/// the prompted model's activations, or with `teacher` those of the model with that adapter.
+/// as `opts.edit_type`) into `out`, fitted on at most `opts.init_questions` of the training
+/// questions (never the validation ones) with the teacher's sampled replies as its replies, so
+/// no reply is generated twice. Its targets are the prompted model's activations, or with
+/// `refit` those of the model with its adapter.
 fn run_patch(
     input: &Path,
-    output: &Path,
+    out: &Path,
     system: &str,
     train_set: &[Example],
     opts: &BakeOptions,
-    teacher: Option<&Path>,
+    refit: Option<Refit>,
     progress: Progress,
-) -> Result<(tempfile::NamedTempFile, patch::PatchReport)> {
-    let tmp = scratch(output, "patch")?;
+) -> Result<patch::PatchReport> {
     let (questions, replies) = init_material(train_set, opts.init_questions);
+    let (teacher_lora, then) = match refit {
+        Some(r) => (Some(r.teacher.to_path_buf()), Some(r.provenance)),
+        None => (None, None),
+    };
     let popts = patch::PatchOptions {
         method: patch::Method::Down,
         sequential: true,
@@ -460,12 +470,12 @@ fn run_patch(
         emit: patch::Emit::Merged,
         bias: true,
         replies: Some(replies),
-        teacher_lora: teacher.map(Path::to_path_buf),
+        teacher_lora,
+        then,
     };
-    let report = patch::patch(input, tmp.path(), system, &popts, &mut |p, d, n| {
+    patch::patch(input, out, system, &popts, &mut |p, d, n| {
         progress(&format!("patch {p}"), d, n, None)
-    })?;
-    Ok((tmp, report))
+    })
 }
 
 /// A temporary `.gguf` next to `output` (`.gguf-sleep-WHAT-PID-…`), removed when dropped.
@@ -555,7 +565,7 @@ pub fn write_adapter(
 }
 
 /// `sleep.*` keys of a baked model, and its line in `sleep.history`.
-fn provenance(edits: &mut gguf::Edits, src: &gguf::Header, system: &str, opts: &BakeOptions) {
+fn provenance(src: &gguf::Header, system: &str, opts: &BakeOptions) -> patch::Provenance {
     let sha = Sha256::digest(system.as_bytes());
     let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
     let init = match opts.init {
@@ -577,32 +587,29 @@ fn provenance(edits: &mut gguf::Edits, src: &gguf::Header, system: &str, opts: &
         opts.teacher.temperature,
         opts.train.batch,
     );
-    patch::push_history(
-        edits,
-        src,
-        format!(
-            "method=bake {params} strength={} calibration={} prompt_sha256={hex} version={}",
-            opts.strength,
-            opts.questions.len(),
-            env!("CARGO_PKG_VERSION"),
-        ),
+    let history = format!(
+        "method=bake {params} strength={} calibration={} prompt_sha256={hex} version={}",
+        opts.strength,
+        opts.questions.len(),
+        env!("CARGO_PKG_VERSION"),
     );
-    edits
-        .set_metadata("sleep.version", env!("CARGO_PKG_VERSION"))
-        .set_metadata("sleep.method", "bake")
-        .set_metadata("sleep.mode", "lora-kl")
-        .set_metadata("sleep.strength", opts.strength)
-        .set_metadata("sleep.prompt_sha256", hex)
-        .set_metadata("sleep.calibration_size", opts.questions.len() as u32)
-        .set_metadata(
-            "sleep.layers",
-            format!("0..{}", src.arch_u64("block_count").unwrap_or(0)),
-        )
-        .set_metadata(
-            "sleep.edit_type",
-            format!("{:?}", opts.edit_type).to_lowercase(),
-        )
-        .set_metadata("sleep.bake", params);
+    let mut keys = gguf::Metadata::new();
+    keys.set("sleep.version", env!("CARGO_PKG_VERSION"));
+    keys.set("sleep.method", "bake");
+    keys.set("sleep.mode", "lora-kl");
+    keys.set("sleep.strength", opts.strength);
+    keys.set("sleep.prompt_sha256", hex);
+    keys.set("sleep.calibration_size", opts.questions.len() as u32);
+    keys.set(
+        "sleep.layers",
+        format!("0..{}", src.arch_u64("block_count").unwrap_or(0)),
+    );
+    keys.set(
+        "sleep.edit_type",
+        format!("{:?}", opts.edit_type).to_lowercase(),
+    );
+    keys.set("sleep.bake", params);
+    patch::Provenance { history, keys }
 }
 
 #[cfg(test)]

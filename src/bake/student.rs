@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, RwLock};
 
 use super::frozen::Frozen;
+use super::fused;
 use super::lora::{LoraSet, Targets};
 use crate::engine::dequantize;
 
@@ -309,12 +310,11 @@ impl Student {
         if self.cfg.family == Family::Gemma3 {
             x = (x * (d as f64).sqrt())?;
         }
-        let mask = causal_mask(t)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            x = self.block(l, layer, &x, &mask, lora)?;
+            x = self.block(l, layer, &x, lora)?;
         }
         let h = x.reshape((b * t, d))?.index_select(out_idx, 0)?;
-        let h = rms_norm(&h, &self.out_norm, self.cfg.eps)?;
+        let h = fused::rms_norm(&h, &self.out_norm, self.cfg.eps)?;
         Ok(self.head.forward(&h)?)
     }
 
@@ -429,19 +429,12 @@ impl Student {
         Ok(())
     }
 
-    fn block(
-        &self,
-        l: usize,
-        ly: &Layer,
-        x: &Tensor,
-        mask: &Tensor,
-        lora: &LoraSet,
-    ) -> Result<Tensor> {
+    fn block(&self, l: usize, ly: &Layer, x: &Tensor, lora: &LoraSet) -> Result<Tensor> {
         let c = &self.cfg;
         let (b, t, _) = x.dims3()?;
         let hd = c.head_dim;
         let gemma = c.family == Family::Gemma3;
-        let h = rms_norm(x, &ly.attn_norm, c.eps)?;
+        let h = fused::rms_norm(x, &ly.attn_norm, c.eps)?;
         let q = self
             .linear(&ly.q, l, "attn_q", &h, lora)?
             .reshape((b, t, c.n_head, hd))?;
@@ -452,65 +445,45 @@ impl Student {
             .linear(&ly.v, l, "attn_v", &h, lora)?
             .reshape((b, t, c.n_head_kv, hd))?;
         let (q, k) = match (&ly.q_norm, &ly.k_norm) {
-            (Some(qn), Some(kn)) => (rms_norm(&q, qn, c.eps)?, rms_norm(&k, kn, c.eps)?),
+            (Some(qn), Some(kn)) => (
+                fused::rms_norm(&q, qn, c.eps)?,
+                fused::rms_norm(&k, kn, c.eps)?,
+            ),
             _ => (q, k),
         };
         let q = q.transpose(1, 2)?.contiguous()?; // b, heads, t, hd
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (cos, sin) = rope_tables(t, hd, c.rope_base_of(l))?;
-        let (q, k) = if gemma {
-            (rope_neox(&q, &cos, &sin)?, rope_neox(&k, &cos, &sin)?)
-        } else {
-            (rope_pairs(&q, &cos, &sin)?, rope_pairs(&k, &cos, &sin)?)
-        };
+        let q = fused::rope(&q, &cos, &sin, gemma)?;
+        let k = fused::rope(&k, &cos, &sin, gemma)?;
+        // The query heads that share a key head (llama.cpp groups them consecutively) are
+        // stacked along the rows: (b, kv, rep·t, hd), row r at position r mod t.
         let rep = c.n_head / c.n_head_kv;
-        let k = repeat_kv(&k, rep)?;
-        let v = repeat_kv(&v, rep)?;
+        let q = q.reshape((b, c.n_head_kv, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let p = softmax_last(&scores)?;
+        let p = fused::causal_softmax(&q.matmul(&k.t()?)?, scale)?;
         let a = p
             .matmul(&v)?
+            .reshape((b, c.n_head, t, hd))?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, t, c.n_head * hd))?;
         let mut a = self.linear(&ly.o, l, "attn_output", &a, lora)?;
         if let Some(n) = &ly.post_attn_norm {
-            a = rms_norm(&a, n, c.eps)?;
+            a = fused::rms_norm(&a, n, c.eps)?;
         }
         let x = (x + a)?;
-        let h = rms_norm(&x, &ly.ffn_norm, c.eps)?;
+        let h = fused::rms_norm(&x, &ly.ffn_norm, c.eps)?;
         let g = self.linear(&ly.gate, l, "ffn_gate", &h, lora)?;
         let g = if gemma { g.gelu()? } else { g.silu()? };
         let u = self.linear(&ly.up, l, "ffn_up", &h, lora)?;
         let mut m = self.linear(&ly.down, l, "ffn_down", &(g * u)?, lora)?;
         if let Some(n) = &ly.post_ffn_norm {
-            m = rms_norm(&m, n, c.eps)?;
+            m = fused::rms_norm(&m, n, c.eps)?;
         }
         Ok((x + m)?)
     }
-}
-
-/// `x / √(mean(x²) + ε) · w` over the last dimension.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
-}
-
-/// Softmax over the last dimension from differentiable primitives.
-fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-}
-
-/// `0` on and below the diagonal, `−∞` above: `(t, t)`.
-fn causal_mask(t: usize) -> candle_core::Result<Tensor> {
-    let v: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    Tensor::from_vec(v, (t, t), &Device::Cpu)
 }
 
 /// cos and sin of `pos · base^(−2i/hd)`: `(t, hd/2)` each.
@@ -531,52 +504,18 @@ fn rope_tables(t: usize, hd: usize, base: f64) -> candle_core::Result<(Tensor, T
     ))
 }
 
-/// RoPE on adjacent pairs `(x[2i], x[2i+1])` (llama.cpp's normal mode); `x`: `(b, h, t, hd)`.
-fn rope_pairs(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, h, t, hd) = x.dims4()?;
-    let x = x.reshape((b, h, t, hd / 2, 2))?;
-    let x0 = x.narrow(4, 0, 1)?;
-    let x1 = x.narrow(4, 1, 1)?;
-    let c = cos.reshape((t, hd / 2, 1))?;
-    let s = sin.reshape((t, hd / 2, 1))?;
-    let r0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
-    let r1 = (x0.broadcast_mul(&s)? + x1.broadcast_mul(&c)?)?;
-    Tensor::cat(&[r0, r1], 4)?.reshape((b, h, t, hd))
-}
-
-/// RoPE on halves `(x[i], x[i + hd/2])` (NeoX mode); `x`: `(b, h, t, hd)`.
-fn rope_neox(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    let hd = x.dim(3)?;
-    let x0 = x.narrow(3, 0, hd / 2)?;
-    let x1 = x.narrow(3, hd / 2, hd / 2)?;
-    let r0 = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
-    let r1 = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
-    Tensor::cat(&[r0, r1], 3)
-}
-
-/// Repeat each KV head `rep` times: `(b, kv, t, hd)` → `(b, kv·rep, t, hd)`.
-fn repeat_kv(x: &Tensor, rep: usize) -> candle_core::Result<Tensor> {
-    if rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, t, hd) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, kv, rep, t, hd))?
-        .contiguous()?
-        .reshape((b, kv * rep, t, hd))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn rope_pairs_rotates_each_pair_by_its_angle() -> candle_core::Result<()> {
+    fn rope_rotates_each_pair_by_its_angle() -> candle_core::Result<()> {
         // One head of size 4 at position 1, base 1: pair 0 turns by 1 rad, pair 1 by 1^(-1/2)=1.
-        let x = Tensor::new(&[1f32, 0., 0., 1.], &Device::Cpu)?.reshape((1, 1, 1, 4))?;
+        let x = Tensor::new(&[0f32, 0., 0., 0., 1., 0., 0., 1.], &Device::Cpu)?
+            .reshape((1, 1, 2, 4))?;
         let (cos, sin) = rope_tables(2, 4, 1.0)?;
-        let pos1 = (cos.narrow(0, 1, 1)?, sin.narrow(0, 1, 1)?);
-        let y = rope_pairs(&x, &pos1.0, &pos1.1)?
+        let y = fused::rope(&x, &cos, &sin, false)?
+            .narrow(2, 1, 1)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         let (c, s) = (1f32.cos(), 1f32.sin());
@@ -584,18 +523,6 @@ mod tests {
         for (a, b) in y.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{y:?} vs {want:?}");
         }
-        Ok(())
-    }
-
-    #[test]
-    fn softmax_rows_sum_to_one_under_the_mask() -> candle_core::Result<()> {
-        let m = causal_mask(3)?;
-        let s = softmax_last(
-            &Tensor::zeros((3, 3), candle_core::DType::F32, &Device::Cpu)?.broadcast_add(&m)?,
-        )?;
-        let v = s.to_vec2::<f32>()?;
-        assert_eq!(v[0], vec![1.0, 0.0, 0.0]);
-        assert!((v[2][0] - 1.0 / 3.0).abs() < 1e-6);
         Ok(())
     }
 }

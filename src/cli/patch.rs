@@ -188,6 +188,7 @@ pub fn run(a: PatchArgs) -> Result<()> {
         bias: !a.no_bias,
         replies: None,
         teacher_lora: None,
+        then: None,
     };
     let mut pb: Option<(String, ProgressBar)> = None;
     let report = patch::patch(

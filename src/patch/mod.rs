@@ -76,6 +76,29 @@ pub struct PatchOptions {
     /// activations of the model with the adapter applied and no system prompt, on the same
     /// tokens as the unprompted run (`bake` stores a trained adapter in the file's own types so)
     pub teacher_lora: Option<PathBuf>,
+    /// provenance recorded on top of the patch's own, in the same write (`bake --merge refit`)
+    pub then: Option<Provenance>,
+}
+
+/// What a later stage records of itself over a patch's own provenance: one more line in
+/// `sleep.history` and `sleep.*` keys that replace the patch's.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    /// the line for `sleep.history`
+    pub history: String,
+    /// keys to set, each replacing the patch's own
+    pub keys: gguf::Metadata,
+}
+
+impl Provenance {
+    /// Record it in `edits` of a file whose source header is `src` (history: the source's lines,
+    /// then `before`, then this one).
+    pub fn apply(&self, edits: &mut gguf::Edits, src: &gguf::Header, before: Option<String>) {
+        push_history(edits, src, before.into_iter().chain([self.history.clone()]));
+        for (k, v) in &self.keys {
+            edits.set_metadata(k, v.clone());
+        }
+    }
 }
 
 /// What `patch` writes.
@@ -686,7 +709,6 @@ fn solve_layer(
     ))
 }
 
-/// `sleep.*` provenance keys.
 /// `sleep.*` keys of this patch (the latest), and `sleep.history`: one line per patch the
 /// model has received, oldest first, so stacked patches stay on record.
 fn provenance(
@@ -703,18 +725,14 @@ fn provenance(
     } else {
         "parallel"
     };
-    push_history(
-        edits,
-        src,
-        format!(
-            "method={} mode={mode} strength={} layers={}..{} calibration={} prompt_sha256={hex} version={}",
-            opts.method.name(),
-            opts.strength,
-            layers.0,
-            layers.1,
-            opts.questions.len(),
-            env!("CARGO_PKG_VERSION"),
-        ),
+    let line = format!(
+        "method={} mode={mode} strength={} layers={}..{} calibration={} prompt_sha256={hex} version={}",
+        opts.method.name(),
+        opts.strength,
+        layers.0,
+        layers.1,
+        opts.questions.len(),
+        env!("CARGO_PKG_VERSION"),
     );
     edits
         .set_metadata("sleep.version", env!("CARGO_PKG_VERSION"))
@@ -742,12 +760,20 @@ fn provenance(
             opts.alpha.map_or("measured".to_string(), |a| a.to_string()),
         );
     }
+    match &opts.then {
+        Some(then) => then.apply(edits, src, Some(line)),
+        None => push_history(edits, src, [line]),
+    }
 }
 
-/// Set `sleep.history`: the source's lines (oldest first), then `line` for this edit.
-pub(crate) fn push_history(edits: &mut gguf::Edits, src: &gguf::Header, line: String) {
+/// Set `sleep.history`: the source's lines (oldest first), then `lines` for this edit.
+pub(crate) fn push_history(
+    edits: &mut gguf::Edits,
+    src: &gguf::Header,
+    lines: impl IntoIterator<Item = String>,
+) {
     let mut history = previous_history(src);
-    history.push(line);
+    history.extend(lines);
     edits.set_metadata(
         "sleep.history",
         gguf::Value::Array(gguf::Array::new(
@@ -771,5 +797,47 @@ fn previous_history(src: &gguf::Header) -> Vec<String> {
     match (m.get_str("sleep.method"), m.get_str("sleep.prompt_sha256")) {
         (Some(method), Some(sha)) => vec![format!("method={method} prompt_sha256={sha}")],
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod provenance_tests {
+    use super::*;
+
+    #[test]
+    fn a_later_stage_appends_its_line_and_replaces_keys() {
+        let mut meta = gguf::Metadata::new();
+        meta.set(
+            "sleep.history",
+            gguf::Value::Array(gguf::Array::new(
+                gguf::ValueType::String,
+                vec![gguf::Value::from("first".to_string())],
+            )),
+        );
+        let src = gguf::Header::new(3, meta, Vec::new()).expect("header");
+        let mut keys = gguf::Metadata::new();
+        keys.set("sleep.method", "bake");
+        let later = Provenance {
+            history: "third".into(),
+            keys,
+        };
+        let mut edits = gguf::Edits::new();
+        edits.set_metadata("sleep.method", "down");
+        later.apply(&mut edits, &src, Some("second".into()));
+        let set: Vec<(&str, &gguf::Value)> = edits
+            .metadata_edits()
+            .iter()
+            .filter_map(|e| match e {
+                gguf::MetadataEdit::Set(k, v) => Some((k.as_str(), v)),
+                gguf::MetadataEdit::Remove(_) => None,
+            })
+            .collect();
+        let last = |key: &str| set.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let history: Vec<&str> = match last("sleep.history") {
+            Some(gguf::Value::Array(a)) => a.items.iter().filter_map(|v| v.as_str()).collect(),
+            other => panic!("no history: {other:?}"),
+        };
+        assert_eq!(history, ["first", "second", "third"]);
+        assert_eq!(last("sleep.method").and_then(|v| v.as_str()), Some("bake"));
     }
 }
