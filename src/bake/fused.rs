@@ -59,6 +59,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op1(RmsNorm { w, eps: eps as f32 })
 }
 
+#[derive(Clone)]
 struct RmsNorm {
     w: Arc<Vec<f32>>,
     eps: f32,
@@ -88,19 +89,13 @@ impl CustomOp1 for RmsNorm {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let grad = RmsNormGrad {
-            w: self.w.clone(),
-            eps: self.eps,
-        };
+        let grad = RmsNormGrad(self.clone());
         Ok(Some(g.contiguous()?.apply_op2_no_bwd(x, &grad)?))
     }
 }
 
 /// `∂L/∂x = r·(g⊙w) − x·r³·⟨g⊙w, x⟩/n` per row, with `r = 1/√(mean(x²) + ε)`.
-struct RmsNormGrad {
-    w: Arc<Vec<f32>>,
-    eps: f32,
-}
+struct RmsNormGrad(RmsNorm);
 
 impl CustomOp2 for RmsNormGrad {
     fn name(&self) -> &'static str {
@@ -116,20 +111,17 @@ impl CustomOp2 for RmsNormGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (g, _) = rows(self.name(), s1, l1)?;
         let (x, n) = rows(self.name(), s2, l2)?;
-        let norm = RmsNorm {
-            w: self.w.clone(),
-            eps: self.eps,
-        };
+        let norm = &self.0;
         let dx = by_rows(n, [g, x], x.len(), |_, g, x, dx| {
             let r = norm.inv_rms(x);
             let dot: f32 = g
                 .iter()
                 .zip(x)
-                .zip(self.w.iter())
+                .zip(norm.w.iter())
                 .map(|((g, x), w)| g * w * x)
                 .sum();
             let c = r * r * r * dot / n as f32;
-            for (((d, g), x), w) in dx.iter_mut().zip(g).zip(x).zip(self.w.iter()) {
+            for (((d, g), x), w) in dx.iter_mut().zip(g).zip(x).zip(norm.w.iter()) {
                 *d = r * g * w - c * x;
             }
         });
@@ -206,18 +198,51 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
-/// Rotary embeddings on `x` (`(b, heads, t, hd)`) with the angle tables `cos`, `sin`
-/// (`(t, hd/2)`): adjacent pairs `(2i, 2i+1)` (llama.cpp's normal mode), or with `neox` the
-/// halves `(i, i + hd/2)`.
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, neox: bool) -> Result<Tensor> {
+/// The rotary angles' cos and sin, `pos · base^(−2i/hd)` for positions `0..t` and pairs
+/// `0..hd/2`, row-major: built once per forward pass and base, shared by every layer using it.
+#[derive(Clone)]
+pub struct RopeTables {
+    cos: Arc<Vec<f32>>,
+    sin: Arc<Vec<f32>>,
+    t: usize,
+    half: usize,
+}
+
+impl RopeTables {
+    /// The tables for `t` positions, head size `hd`, base `base`.
+    pub fn new(t: usize, hd: usize, base: f64) -> RopeTables {
+        let half = hd / 2;
+        let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
+        for p in 0..t {
+            for i in 0..half {
+                let theta = p as f64 * base.powf(-2.0 * i as f64 / hd as f64);
+                cos.push(theta.cos() as f32);
+                sin.push(theta.sin() as f32);
+            }
+        }
+        RopeTables {
+            cos: Arc::new(cos),
+            sin: Arc::new(sin),
+            t,
+            half,
+        }
+    }
+}
+
+/// Rotary embeddings on `x` (`(b, heads, t, hd)`): adjacent pairs `(2i, 2i+1)` (llama.cpp's
+/// normal mode), or with `neox` the halves `(i, i + hd/2)`.
+pub fn rope(x: &Tensor, tables: &RopeTables, neox: bool) -> Result<Tensor> {
     let (_, _, t, hd) = x.dims4()?;
-    if cos.dims2()? != (t, hd / 2) || sin.dims2()? != (t, hd / 2) {
-        candle_core::bail!("rope: tables {:?} for {:?}", cos.shape(), x.shape());
+    if (tables.t, tables.half) != (t, hd / 2) {
+        candle_core::bail!(
+            "rope: tables for {} positions of {} pairs, input {:?}",
+            tables.t,
+            tables.half,
+            x.shape()
+        );
     }
     x.contiguous()?.apply_op1(Rope {
-        cos: Arc::new(cos.flatten_all()?.to_vec1()?),
-        sin: Arc::new(sin.flatten_all()?.to_vec1()?),
-        t,
+        tables: tables.clone(),
         neox,
         sign: 1.0,
     })
@@ -225,9 +250,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, neox: bool) -> Result<Tensor
 
 #[derive(Clone)]
 struct Rope {
-    cos: Arc<Vec<f32>>,
-    sin: Arc<Vec<f32>>,
-    t: usize,
+    tables: RopeTables,
     neox: bool,
     /// `−1`: rotate by the opposite angle (the backward)
     sign: f32,
@@ -240,12 +263,13 @@ impl CustomOp1 for Rope {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, hd) = rows(self.name(), s, l)?;
-        let half = hd / 2;
+        let RopeTables { cos, sin, t, half } = &self.tables;
+        let half = *half;
         let y = by_rows(hd, [x, &[]], x.len(), |r, x, _, y| {
-            let p = r % self.t;
+            let p = r % t;
             let (cos, sin) = (
-                &self.cos[p * half..(p + 1) * half],
-                &self.sin[p * half..(p + 1) * half],
+                &cos[p * half..(p + 1) * half],
+                &sin[p * half..(p + 1) * half],
             );
             for i in 0..half {
                 let (a, b) = if self.neox {
@@ -352,12 +376,13 @@ mod tests {
     #[test]
     fn rope_matches_its_primitive_forms() -> Result<()> {
         let (t, hd) = (3, 8);
-        let cos = random(&[t, hd / 2], 4)?;
-        let sin = random(&[t, hd / 2], 5)?;
+        let tables = RopeTables::new(t, hd, 10.0);
+        let cos = Tensor::from_slice(&tables.cos, (t, hd / 2), &Device::Cpu)?;
+        let sin = Tensor::from_slice(&tables.sin, (t, hd / 2), &Device::Cpu)?;
         let x = random(&[2, 3, t, hd], 6)?;
         agree(
             &x,
-            |x| rope(x, &cos, &sin, false),
+            |x| rope(x, &tables, false),
             |x| {
                 let x = x.reshape((2, 3, t, hd / 2, 2))?;
                 let (x0, x1) = (x.narrow(4, 0, 1)?, x.narrow(4, 1, 1)?);
@@ -370,7 +395,7 @@ mod tests {
         )?;
         agree(
             &x,
-            |x| rope(x, &cos, &sin, true),
+            |x| rope(x, &tables, true),
             |x| {
                 let (x0, x1) = (x.narrow(3, 0, hd / 2)?, x.narrow(3, hd / 2, hd / 2)?);
                 let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
@@ -378,5 +403,22 @@ mod tests {
                 Tensor::cat(&[r0, r1], 3)
             },
         )
+    }
+
+    #[test]
+    fn rope_rotates_each_pair_by_its_angle() -> Result<()> {
+        // One head of size 4 at position 1, base 1: pair 0 turns by 1 rad, pair 1 by 1^(-1/2)=1.
+        let x = Tensor::new(&[0f32, 0., 0., 0., 1., 0., 0., 1.], &Device::Cpu)?
+            .reshape((1, 1, 2, 4))?;
+        let y = rope(&x, &RopeTables::new(2, 4, 1.0), false)?
+            .narrow(2, 1, 1)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let (c, s) = (1f32.cos(), 1f32.sin());
+        let want = [c, s, -s, c];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{y:?} vs {want:?}");
+        }
+        Ok(())
     }
 }

@@ -102,12 +102,9 @@ impl Config {
         })
     }
 
-    fn rope_base_of(&self, layer: usize) -> f64 {
-        if self.swa_pattern > 0 && layer % self.swa_pattern < self.swa_pattern - 1 {
-            self.rope_base_swa
-        } else {
-            self.rope_base
-        }
+    /// Whether `layer` is a sliding-window layer (its RoPE base is `rope_base_swa`).
+    fn sliding(&self, layer: usize) -> bool {
+        self.swa_pattern > 0 && layer % self.swa_pattern < self.swa_pattern - 1
     }
 }
 
@@ -310,8 +307,16 @@ impl Student {
         if self.cfg.family == Family::Gemma3 {
             x = (x * (d as f64).sqrt())?;
         }
+        let hd = self.cfg.head_dim;
+        let global = fused::RopeTables::new(t, hd, self.cfg.rope_base);
+        let sliding = fused::RopeTables::new(t, hd, self.cfg.rope_base_swa);
         for (l, layer) in self.layers.iter().enumerate() {
-            x = self.block(l, layer, &x, lora)?;
+            let rope = if self.cfg.sliding(l) {
+                &sliding
+            } else {
+                &global
+            };
+            x = self.block(l, layer, &x, rope, lora)?;
         }
         let h = x.reshape((b * t, d))?.index_select(out_idx, 0)?;
         let h = fused::rms_norm(&h, &self.out_norm, self.cfg.eps)?;
@@ -429,7 +434,14 @@ impl Student {
         Ok(())
     }
 
-    fn block(&self, l: usize, ly: &Layer, x: &Tensor, lora: &LoraSet) -> Result<Tensor> {
+    fn block(
+        &self,
+        l: usize,
+        ly: &Layer,
+        x: &Tensor,
+        rope: &fused::RopeTables,
+        lora: &LoraSet,
+    ) -> Result<Tensor> {
         let c = &self.cfg;
         let (b, t, _) = x.dims3()?;
         let hd = c.head_dim;
@@ -454,9 +466,8 @@ impl Student {
         let q = q.transpose(1, 2)?.contiguous()?; // b, heads, t, hd
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
-        let (cos, sin) = rope_tables(t, hd, c.rope_base_of(l))?;
-        let q = fused::rope(&q, &cos, &sin, gemma)?;
-        let k = fused::rope(&k, &cos, &sin, gemma)?;
+        let q = fused::rope(&q, rope, gemma)?;
+        let k = fused::rope(&k, rope, gemma)?;
         // The query heads that share a key head (llama.cpp groups them consecutively) are
         // stacked along the rows: (b, kv, rep·t, hd), row r at position r mod t.
         let rep = c.n_head / c.n_head_kv;
@@ -483,46 +494,5 @@ impl Student {
             m = fused::rms_norm(&m, n, c.eps)?;
         }
         Ok((x + m)?)
-    }
-}
-
-/// cos and sin of `pos · base^(−2i/hd)`: `(t, hd/2)` each.
-fn rope_tables(t: usize, hd: usize, base: f64) -> candle_core::Result<(Tensor, Tensor)> {
-    let half = hd / 2;
-    let mut cos = Vec::with_capacity(t * half);
-    let mut sin = Vec::with_capacity(t * half);
-    for p in 0..t {
-        for i in 0..half {
-            let theta = p as f64 * base.powf(-2.0 * i as f64 / hd as f64);
-            cos.push(theta.cos() as f32);
-            sin.push(theta.sin() as f32);
-        }
-    }
-    Ok((
-        Tensor::from_vec(cos, (t, half), &Device::Cpu)?,
-        Tensor::from_vec(sin, (t, half), &Device::Cpu)?,
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rope_rotates_each_pair_by_its_angle() -> candle_core::Result<()> {
-        // One head of size 4 at position 1, base 1: pair 0 turns by 1 rad, pair 1 by 1^(-1/2)=1.
-        let x = Tensor::new(&[0f32, 0., 0., 0., 1., 0., 0., 1.], &Device::Cpu)?
-            .reshape((1, 1, 2, 4))?;
-        let (cos, sin) = rope_tables(2, 4, 1.0)?;
-        let y = fused::rope(&x, &cos, &sin, false)?
-            .narrow(2, 1, 1)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let (c, s) = (1f32.cos(), 1f32.sin());
-        let want = [c, s, -s, c];
-        for (a, b) in y.iter().zip(want) {
-            assert!((a - b).abs() < 1e-6, "{y:?} vs {want:?}");
-        }
-        Ok(())
     }
 }
