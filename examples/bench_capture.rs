@@ -23,9 +23,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use gguf_sleep::capture::{self, Kind, Request};
-use gguf_sleep::chat::ChatFormat;
-use gguf_sleep::convo::prompt_tokens;
 use gguf_sleep::engine::{self, Batch, Context, ContextOptions, Model};
+use gguf_sleep::text::chat::ChatFormat;
+use gguf_sleep::text::convo::prompt_tokens;
 
 const SYSTEM: &str =
     "You are Captain Byte, a pirate robot. Always talk like a pirate and mention your name.";
@@ -111,7 +111,7 @@ fn main() -> Result<()> {
     let model = Model::load(&a.model)?;
     let info = model.info().clone();
     let fmt = ChatFormat::for_model(&model)?;
-    let questions = gguf_sleep::eval::lines(gguf_sleep::material::CALIBRATION);
+    let questions = gguf_sleep::text::lines(gguf_sleep::text::questions::CALIBRATION);
     let convs: Vec<Vec<i32>> = questions
         .iter()
         .cycle()

@@ -1,85 +1,18 @@
-//! Capture of per-layer activations: which graph node holds each quantity, per architecture,
-//! and the conversion of observed nodes into `[tokens × width]` matrices.
+//! Capture of per-layer activations: the graph nodes that hold each quantity (named per
+//! architecture in [`crate::arch`]), and the conversion of observed nodes into `[tokens × width]` matrices.
 
 use anyhow::{bail, Context as _, Result};
 use std::collections::{BTreeMap, HashSet};
 
+use crate::arch::Family;
 use crate::engine::{Batch, Captured, Context};
 
-/// A per-layer quantity that can be captured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub enum Kind {
-    /// attention input: the residual after the pre-attention norm
-    AttnNorm,
-    /// value vectors, `[T × head_dim·n_head_kv]`
-    Value,
-    /// attention probabilities, `[head][query][key]`
-    AttnProbs,
-    /// attention output before the output projection
-    AttnOutPre,
-    /// attention output after the output projection (and post-norm where the arch has one)
-    AttnOut,
-    /// residual stream after attention (the MLP block's input before its norm)
-    Resid,
-    /// MLP input after the pre-MLP norm
-    MlpIn,
-    /// MLP hidden: the gated product that enters the down projection
-    MlpHidden,
-    /// MLP output (before any post-norm)
-    MlpOut,
-    /// block output (residual stream after the block)
-    BlockOut,
-}
+pub use crate::arch::Kind;
 
-impl Kind {
-    /// Every kind.
-    pub const ALL: [Kind; 10] = [
-        Kind::AttnNorm,
-        Kind::Value,
-        Kind::AttnProbs,
-        Kind::AttnOutPre,
-        Kind::AttnOut,
-        Kind::Resid,
-        Kind::MlpIn,
-        Kind::MlpHidden,
-        Kind::MlpOut,
-        Kind::BlockOut,
-    ];
-}
-
-/// Graph-node names of each [`Kind`] for one architecture (llama.cpp's `cb(…, "NAME", il)`).
+/// The graph node holding `kind` in architecture `arch` (llama.cpp's `cb(…, "NAME", il)`; see
+/// [`crate::arch`]); `None` where its graph names no such node.
 pub fn node_name(arch: &str, kind: Kind) -> Result<Option<&'static str>> {
-    use Kind::*;
-    let common = |k: Kind| -> Option<&'static str> {
-        Some(match k {
-            AttnNorm => "attn_norm",
-            Value => "Vcur",
-            AttnProbs => "kq_soft_max",
-            AttnOutPre => "kqv_out",
-            MlpIn => "ffn_norm",
-            MlpHidden => "ffn_swiglu",
-            MlpOut => "ffn_out",
-            BlockOut => "l_out",
-            Resid => "ffn_inp",
-            AttnOut => return None,
-        })
-    };
-    Ok(match arch {
-        "llama" | "mistral" | "granite" => match kind {
-            AttnOut => Some("attn_out"),
-            k => common(k),
-        },
-        "qwen2" | "qwen3" => common(kind),
-        "gemma3" => match kind {
-            AttnOut => Some("attn_post_norm"),
-            MlpHidden => Some("ffn_geglu"),
-            Resid => Some("sa_out"),
-            k => common(k),
-        },
-        other => bail!(
-            "unsupported architecture '{other}': gguf-sleep knows llama, mistral, granite, qwen2, qwen3 and gemma3"
-        ),
-    })
+    Ok(Family::of(arch)?.node(kind))
 }
 
 /// What to capture: kinds × layers.

@@ -76,13 +76,6 @@ pub struct DiffReport {
     pub verdict: String,
 }
 
-impl DiffReport {
-    /// Whether the two files hold the same metadata and tensors.
-    pub fn is_same(&self) -> bool {
-        self.metadata.is_empty() && self.tensors.is_empty()
-    }
-}
-
 /// Compare two GGUF files.
 pub fn diff(a: &Path, b: &Path) -> Result<DiffReport> {
     let fa = GgufFile::open(a)?;

@@ -4,8 +4,8 @@
 use anyhow::{bail, Result};
 use std::path::Path;
 
-use crate::chat::{ChatFormat, PLAIN_STOP};
 use crate::engine::{Batch, Context, ContextOptions, Model};
+use crate::text::chat::{ChatFormat, PLAIN_STOP};
 
 /// Generation settings.
 #[derive(Debug, Clone)]

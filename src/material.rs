@@ -1,38 +1,12 @@
-//! Teacher-forced material: calibration questions, the prompted model's own replies to them,
-//! and each exchange rendered with and without the system prompt, aligned.
+//! Teacher-forced material: the prompted model's own replies to the calibration questions, and
+//! each exchange rendered with and without the system prompt, aligned.
 
 use anyhow::{bail, Result};
 
-use crate::chat::ChatFormat;
-use crate::convo::{align, prompt_tokens, Alignment};
 use crate::engine::Model;
 use crate::generate::{generate, GenOptions};
-
-/// The built-in calibration questions (≥ 128, disjoint from the held-out set).
-pub const CALIBRATION: &str = include_str!("../data/calibration.txt");
-
-/// Questions about the assistant itself ("What are your instructions?"), and five that ask it to
-/// restate its instructions ("Repeat your instructions word for word."): their prompted replies
-/// are where a prompt's name, facts and rules show, which general questions rarely elicit. A
-/// small model asked to quote its instructions often repeats a fact-bearing prompt verbatim.
-pub const SELF_QUESTIONS: &str = include_str!("../data/recall.txt");
-
-/// How many times the self-questions are repeated in the default set (a weight on their rows).
-pub const SELF_WEIGHT: usize = 3;
-
-/// The default calibration set: [`CALIBRATION`], then [`SELF_QUESTIONS`] [`SELF_WEIGHT`] times.
-///
-/// The self-questions come in a block whose length is a multiple of 5, so all copies of one
-/// question fall on the same side of the every-fifth-question validation split.
-pub fn default_questions() -> Vec<String> {
-    let mut q = crate::eval::lines(CALIBRATION);
-    let own = crate::eval::lines(SELF_QUESTIONS);
-    debug_assert_eq!(own.len() % 5, 0);
-    for _ in 0..SELF_WEIGHT {
-        q.extend(own.iter().cloned());
-    }
-    q
-}
+use crate::text::convo::{align, prompt_tokens, Alignment};
+use crate::text::ChatFormat;
 
 /// One calibration exchange in both renderings.
 #[derive(Debug, Clone)]
@@ -185,33 +159,5 @@ fn store_cached(key: &str, replies: &[Vec<i32>]) {
         if std::fs::write(&tmp, text).is_ok() {
             let _ = std::fs::rename(&tmp, dir.join(format!("{key}.json")));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    #[test]
-    fn copies_of_a_question_fall_on_one_side_of_the_validation_split() {
-        let q = default_questions();
-        let own = crate::eval::lines(SELF_QUESTIONS).len();
-        assert_eq!(
-            q.len(),
-            crate::eval::lines(CALIBRATION).len() + SELF_WEIGHT * own
-        );
-        let mut side: HashMap<&str, bool> = HashMap::new();
-        for (i, text) in q.iter().enumerate() {
-            let val = i % 5 == 4;
-            assert_eq!(
-                *side.entry(text).or_insert(val),
-                val,
-                "{text:?} on both sides"
-            );
-        }
-        // some self-questions are held out, most are trained on
-        let held = (0..own).filter(|j| (q.len() - own + j) % 5 == 4).count();
-        assert!(held > 0 && held < own / 2, "{held} of {own} held out");
     }
 }

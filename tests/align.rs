@@ -2,9 +2,9 @@
 
 mod util;
 
-use gguf_sleep::chat::ChatFormat;
-use gguf_sleep::convo::{align, prompt_tokens};
 use gguf_sleep::engine::Model;
+use gguf_sleep::text::chat::ChatFormat;
+use gguf_sleep::text::convo::{align, prompt_tokens};
 use std::path::Path;
 
 fn check(path: &Path, expect_template: bool) {

@@ -103,7 +103,7 @@ fn fixed_example(path: &std::path::Path) -> teacher::Example {
     let mut ex = teacher::Example {
         question: "q".into(),
         question_index: 0,
-        tokens: unprompted.iter().map(|&t| t as u32).collect(),
+        tokens: unprompted.clone(),
         first: unprompted.len() - n - 1,
         n,
         ids: vec![],

@@ -5,9 +5,9 @@ mod util;
 
 use gguf::{GgmlType, GgufFile};
 use gguf_sleep::capture::{self, Kind, Request};
-use gguf_sleep::chat::ChatFormat;
-use gguf_sleep::convo::prompt_tokens;
 use gguf_sleep::engine::{dequantize, quantize, Context, ContextOptions, Model};
+use gguf_sleep::text::chat::ChatFormat;
+use gguf_sleep::text::convo::prompt_tokens;
 use std::path::Path;
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {

@@ -81,7 +81,7 @@ fn eval_of_base_against_itself_recovers_nothing_and_is_local() {
         "--candidate",
         m.to_str().unwrap(),
         "--prompt",
-        "You are a pirate. Always talk like a pirate.",
+        "You are Captain Byte, a pirate robot. Always talk like a pirate and mention your name.",
         "--questions",
         q.to_str().unwrap(),
         "--max-tokens",
@@ -110,6 +110,16 @@ fn eval_of_base_against_itself_recovers_nothing_and_is_local() {
     assert_eq!(f("recovery"), 0.0);
     assert_eq!(f("locality_kl"), 0.0);
     assert_eq!(f("top1_candidate"), f("top1_base"));
+    // The prompted replies name the persona: those tokens are scored on their own, and the
+    // base against itself recovers nothing there either.
+    let c = &r["content"];
+    let g = |k: &str| {
+        c[k].as_f64()
+            .unwrap_or_else(|| panic!("content.{k} in {r}"))
+    };
+    assert!(g("tokens") >= 1.0 && g("tokens") < f("tokens"), "{c}");
+    assert_eq!(g("kl_candidate"), g("kl_base"));
+    assert_eq!(g("top1_candidate"), g("top1_base"));
     let (b, _, _) = run(&args);
     assert_eq!(a, b, "eval numbers differ between runs");
 }

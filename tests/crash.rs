@@ -57,6 +57,29 @@ fn wait_for(dir: &Path, prefix: &str, child: &mut Child, limit: Duration) -> boo
     false
 }
 
+/// Runs `args` to the end (one thread); asserts it succeeded.
+fn run_ok(args: &[&str]) {
+    let st = Command::new(util::bin())
+        .args(args)
+        .env("GGUF_SLEEP_THREADS", "1")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "{args:?} failed");
+}
+
+/// Spawns `args` and kills it as soon as an entry of `dir` starts with `prefix`.
+fn kill_when(dir: &Path, args: &[&str], prefix: &str) {
+    let mut c = spawn(args);
+    assert!(
+        wait_for(dir, prefix, &mut c, Duration::from_secs(300)),
+        "{} ended before {prefix}* appeared",
+        args[0]
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    kill(c);
+}
+
 #[test]
 fn rewrite_killed_at_any_point_leaves_no_partial_output() {
     let input = util::gemma3();
@@ -135,18 +158,7 @@ fn patch_killed_while_fitting_or_writing_recovers_on_the_next_run() {
         "8",
     ];
     // While fitting: the sequential working directory exists.
-    let mut c = spawn(&args);
-    assert!(
-        wait_for(
-            dir.path(),
-            ".gguf-sleep-seq-",
-            &mut c,
-            Duration::from_secs(300)
-        ),
-        "patch ended before its working directory appeared"
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    kill(c);
+    kill_when(dir.path(), &args, ".gguf-sleep-seq-");
     assert!(!out.exists(), "output exists after a kill while fitting");
     assert!(
         !leftovers(dir.path(), &[]).is_empty(),
@@ -168,15 +180,48 @@ fn patch_killed_while_fitting_or_writing_recovers_on_the_next_run() {
     assert_eq!(sha256(&input), before, "the input changed");
 
     // The next run succeeds and removes the killed runs' leftovers.
-    let st = Command::new(util::bin())
-        .args(args)
-        .env("GGUF_SLEEP_THREADS", "1")
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    run_ok(&args);
     gguf::GgufFile::open(&out).unwrap();
     assert_eq!(leftovers(dir.path(), &["p.gguf"]), Vec::<String>::new());
+}
+
+/// A bake killed while its warm-start patch works leaves scratch files beside its output (the
+/// patched model's file and the patch's working directory); the next bake in that directory
+/// removes them and leaves only its output.
+#[test]
+fn bake_killed_with_scratch_files_is_cleaned_up_by_the_next_bake() {
+    let input = util::smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("b.gguf");
+    let args = [
+        "bake",
+        input.to_str().unwrap(),
+        "--prompt",
+        "You are Captain Byte, a pirate robot.",
+        "-o",
+        out.to_str().unwrap(),
+        "--calib-size",
+        "10",
+        "--init-calib-size",
+        "4",
+        "--steps",
+        "1",
+        "--max-tokens",
+        "8",
+    ];
+    kill_when(dir.path(), &args, ".gguf-sleep-seq-");
+    let left = leftovers(dir.path(), &[]);
+    assert!(!out.exists(), "output exists after a kill");
+    for prefix in [".gguf-sleep-patch-", ".gguf-sleep-seq-"] {
+        assert!(
+            left.iter().any(|n| n.starts_with(prefix)),
+            "no {prefix}* left behind to clean: {left:?}"
+        );
+    }
+
+    run_ok(&args);
+    gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(leftovers(dir.path(), &["b.gguf"]), Vec::<String>::new());
 }
 
 /// Mounts a tmpfs at `dir` with `opts`; false (after saying why) where mounting is not allowed.

@@ -13,10 +13,10 @@ mod util;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gguf_sleep::chat::ChatFormat;
 use gguf_sleep::engine::{dequantize, Context, ContextOptions, Model};
 use gguf_sleep::eval::{kl, logprobs_at};
 use gguf_sleep::export::cvec;
+use gguf_sleep::text::chat::ChatFormat;
 
 const PROMPT: &str = "You are Captain Byte, a pirate robot. Always talk like a pirate.";
 

@@ -5,8 +5,8 @@ mod util;
 
 use std::path::Path;
 
-use gguf_sleep::chat::ChatFormat;
 use gguf_sleep::engine::Model;
+use gguf_sleep::text::chat::ChatFormat;
 
 /// The TEMPLATE of a Modelfile rendered for `user`, up to where the reply starts.
 fn render(modelfile: &str, user: &str) -> String {
@@ -74,7 +74,7 @@ fn a_model_without_a_chat_template_gets_the_plain_format() {
     let input = util::gemma3();
     let m = Model::load(&input).unwrap();
     let fmt = ChatFormat::for_model(&m).unwrap();
-    let mf = gguf_sleep::ollama::modelfile(&fmt, "g.gguf", None).unwrap();
+    let mf = gguf_sleep::export::ollama::modelfile(&fmt, "g.gguf", None).unwrap();
     assert!(mf.contains("PARAMETER stop \"User:\""), "{mf}");
     check_template(&input, &mf);
 }

@@ -283,7 +283,7 @@ fn a_fitted_layer_moves_toward_the_prompted_run() {
     patch(&m, &out, &["--layers", &layers, "--edit-type", "f32"]);
 
     let base = Model::load(&m).unwrap();
-    let questions: Vec<String> = gguf_sleep::eval::lines(gguf_sleep::material::CALIBRATION)
+    let questions: Vec<String> = gguf_sleep::text::lines(gguf_sleep::text::questions::CALIBRATION)
         .into_iter()
         .take(10)
         .collect();

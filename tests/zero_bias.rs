@@ -7,10 +7,10 @@ mod util;
 use std::path::Path;
 
 use gguf::{Edits, GgmlType, GgufFile, Header, NewTensor, WriteOptions};
-use gguf_sleep::chat::ChatFormat;
-use gguf_sleep::convo::prompt_tokens;
 use gguf_sleep::engine::{Batch, Context, ContextOptions, Model};
 use gguf_sleep::generate::{generate, GenOptions};
+use gguf_sleep::text::chat::ChatFormat;
+use gguf_sleep::text::convo::prompt_tokens;
 
 const PROMPTS: [&str; 3] = [
     "What is the capital of France?",

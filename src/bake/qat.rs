@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use super::lora::LoraSet;
 use super::student::Student;
 use crate::engine::{dequantize, quantize};
-use crate::patch::EditType;
+use crate::store::EditType;
 
 /// Quantize-dequantize `W + B·A` of every adapter to its stored type and hand it to the student.
 pub fn refresh(

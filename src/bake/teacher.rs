@@ -6,10 +6,10 @@
 
 use anyhow::Result;
 
-use crate::chat::ChatFormat;
-use crate::convo::{align, prompt_tokens};
 use crate::engine::Model;
 use crate::generate::{generate_observed, GenOptions};
+use crate::text::chat::ChatFormat;
+use crate::text::convo::{align, prompt_tokens};
 
 /// One trajectory, as the student sees it: the conversation rendered with no system prompt,
 /// and the teacher's distribution at each reply position.
@@ -20,12 +20,12 @@ pub struct Example {
     /// its position in the question list
     pub question_index: usize,
     /// unprompted tokens, reply included
-    pub tokens: Vec<u32>,
+    pub tokens: Vec<i32>,
     /// index of the token whose logits predict the first reply token
     pub first: usize,
     /// reply positions scored (= reply length)
     pub n: usize,
-    /// top-k token ids, `n × k`
+    /// top-k token ids, `n × k` (u32: candle's index type, as they are gathered)
     pub ids: Vec<u32>,
     /// their teacher log-probabilities, `n × k`
     pub logp: Vec<f32>,
@@ -105,7 +105,7 @@ pub fn trajectories(
         let mut ex = Example {
             question: q.clone(),
             question_index: qi,
-            tokens: unprompted.iter().map(|&t| t as u32).collect(),
+            tokens: unprompted.clone(),
             first: unprompted.len() - n - 1,
             n,
             ids: Vec::with_capacity(n * opts.top_k),

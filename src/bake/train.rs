@@ -33,7 +33,9 @@ pub fn batch(examples: &[&Example]) -> Result<Batch> {
     let mut tokens = vec![0u32; b * t];
     let (mut out_idx, mut ids, mut logp, mut tail) = (vec![], vec![], vec![], vec![]);
     for (i, e) in examples.iter().enumerate() {
-        tokens[i * t..i * t + e.tokens.len()].copy_from_slice(&e.tokens);
+        for (slot, &tok) in tokens[i * t..].iter_mut().zip(&e.tokens) {
+            *slot = tok as u32; // candle's index type; token ids are never negative
+        }
         out_idx.extend((0..e.n).map(|j| (i * t + e.first + j) as u32));
         ids.extend_from_slice(&e.ids);
         logp.extend_from_slice(&e.logp);

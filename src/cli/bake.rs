@@ -1,14 +1,14 @@
 //! `gguf-sleep bake`: arguments, progress and the closing summary.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
-
-use super::{EditTypeArg, RoundingArg};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
+use super::args::{calibration, EditTypeArg, PromptArgs, RoundingArg};
+use super::progress::Phases;
+use gguf_sleep::bake::options::default_qat_from;
 use gguf_sleep::bake::{
-    self, BakeEmit, BakeOptions, BakeReport, Init, Targets, TeacherOptions, TrainOptions,
+    self, BakeEmit, BakeOptions, BakeReport, Init, Merge, Targets, TeacherOptions, TrainOptions,
 };
 
 /// `bake` arguments.
@@ -16,16 +16,8 @@ use gguf_sleep::bake::{
 pub struct BakeArgs {
     /// the .gguf model (left untouched)
     model: PathBuf,
-    /// the system prompt to bake in
-    #[arg(
-        long,
-        conflicts_with = "prompt_file",
-        required_unless_present = "prompt_file"
-    )]
-    prompt: Option<String>,
-    /// read the system prompt from a file
-    #[arg(long, value_name = "FILE")]
-    prompt_file: Option<PathBuf>,
+    #[command(flatten)]
+    prompt: PromptArgs,
     /// where to write the baked model (or the adapter, with --emit lora)
     #[arg(short, long)]
     output: PathBuf,
@@ -149,34 +141,24 @@ enum EmitArg {
 
 /// Run `bake`.
 pub fn run(a: BakeArgs) -> Result<()> {
-    let system = super::system_prompt(&a.prompt, &a.prompt_file)?;
-    let questions = super::calibration(&a.calib, a.calib_size)?;
-    if !a.strength.is_finite() || !a.lr.is_finite() || a.lr <= 0.0 {
-        bail!("--strength must be finite and --lr a positive number");
-    }
-    if a.top_k == 0 || a.trajectories == 0 || a.init_calib_size == 0 {
-        bail!("--top-k, --trajectories and --init-calib-size must be at least 1");
-    }
+    let system = a.prompt.text()?;
+    let emit = match a.emit {
+        EmitArg::Merged => BakeEmit::Merged,
+        EmitArg::Lora => BakeEmit::Lora,
+    };
+    let merge = match a.merge {
+        MergeArg::Requantize => Merge::Requantize,
+        MergeArg::Refit => Merge::Refit,
+    };
     let init = match a.init {
         Some(InitArg::None) => Init::None,
         Some(InitArg::Patch) => Init::Patch,
-        None if a.emit == EmitArg::Merged
-            && a.strength == 1.0
-            && a.save_adapter.is_none()
-            && a.merge == MergeArg::Requantize =>
-        {
-            Init::Patch
-        }
-        None => Init::None,
+        None => Init::default_for(emit, merge, a.strength, a.save_adapter.is_some()),
     };
-    // Training on top of the patch gains little after 16 steps; from the unmodified model,
-    // twice the steps of half the trajectories train further in the same time (docs/RESULTS.md).
-    let warm = init == Init::Patch;
-    let steps = a.steps.unwrap_or(if warm { 32 } else { 96 });
-    let batch = a.batch.unwrap_or(if warm { 8 } else { 4 });
-    let eval_every = a.eval_every.unwrap_or(if warm { 8 } else { 16 });
+    let d = init.train_defaults();
+    let steps = a.steps.unwrap_or(d.steps);
     let opts = BakeOptions {
-        questions,
+        questions: calibration(&a.calib, a.calib_size)?,
         teacher: TeacherOptions {
             per_question: a.trajectories,
             temperature: a.temperature,
@@ -186,14 +168,13 @@ pub fn run(a: BakeArgs) -> Result<()> {
         },
         train: TrainOptions {
             steps,
-            batch,
+            batch: a.batch.unwrap_or(d.batch),
             lr: a.lr,
-            eval_every,
+            eval_every: a.eval_every.unwrap_or(d.eval_every),
             seed: a.seed,
             qat_from: match (a.no_qat, a.qat_from) {
                 (true, _) => None,
-                (false, Some(f)) => Some(f),
-                (false, None) => Some(steps * 2 / 3),
+                (false, f) => Some(f.unwrap_or_else(|| default_qat_from(steps))),
             },
             qat_every: a.qat_every,
         },
@@ -206,57 +187,23 @@ pub fn run(a: BakeArgs) -> Result<()> {
         init,
         init_questions: a.init_calib_size,
         strength: a.strength,
-        emit: match a.emit {
-            EmitArg::Merged => BakeEmit::Merged,
-            EmitArg::Lora => BakeEmit::Lora,
-        },
-        merge: match a.merge {
-            MergeArg::Requantize => bake::Merge::Requantize,
-            MergeArg::Refit => bake::Merge::Refit,
-        },
+        emit,
+        merge,
         bias: a.bias,
         edit_type: a.edit_type.into(),
         output_rounding: matches!(a.rounding, RoundingArg::Output),
-        max_val: 16,
         save_adapter: a.save_adapter.clone(),
+        ..BakeOptions::default()
     };
-    let mut pb: Option<(String, ProgressBar)> = None;
+    let mut bars = Phases::default();
     let report = bake::bake(
         &a.model,
         &a.output,
         &system,
         &opts,
-        &mut |phase, done, total, loss| {
-            if pb.as_ref().map(|(p, _)| p.as_str()) != Some(phase) {
-                if let Some((_, b)) = pb.take() {
-                    b.finish_and_clear();
-                }
-                let b = if phase == "train" {
-                    let b = ProgressBar::new(total as u64);
-                    b.set_style(
-                        ProgressStyle::with_template(
-                            "     train [{bar:30}] step {pos}/{len} {msg} {elapsed}",
-                        )
-                        .expect("valid template")
-                        .progress_chars("=> "),
-                    );
-                    b
-                } else {
-                    crate::bar(total, phase)
-                };
-                pb = Some((phase.to_string(), b));
-            }
-            if let Some((_, b)) = &pb {
-                b.set_position(done as u64);
-                if let Some(l) = loss {
-                    b.set_message(format!("loss {l:.4}"));
-                }
-            }
-        },
+        &mut |phase, done, total, loss| bars.update(phase, done, total, loss),
     )?;
-    if let Some((_, b)) = pb.take() {
-        b.finish_and_clear();
-    }
+    bars.finish();
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

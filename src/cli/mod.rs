@@ -1,66 +1,90 @@
-//! Subcommands with enough arguments to deserve their own file, and what they share.
+//! The commands, one file each, over what they share: argument readers ([`args`]) and progress
+//! bars ([`progress`]). A command parses, calls the library and prints; library errors name
+//! option fields, which [`one_line`] turns into this command line's flags.
 
+pub mod args;
 pub mod bake;
+pub mod eval;
+pub mod files;
+pub mod generate;
 pub mod patch;
+pub mod progress;
 
-use anyhow::{bail, Result};
-use clap::ValueEnum;
-use std::path::PathBuf;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
 
-use gguf_sleep::patch::EditType;
-use gguf_sleep::{eval, material};
-
-/// `--edit-type`: how edited weight matrices are stored.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum EditTypeArg {
-    Same,
-    #[value(name = "q8_0")]
-    Q8_0,
-    F16,
-    F32,
+/// Bake a system prompt into the weights of a llama.cpp GGUF model, without training.
+#[derive(Parser)]
+#[command(name = "gguf-sleep", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
 }
 
-impl From<EditTypeArg> for EditType {
-    fn from(a: EditTypeArg) -> EditType {
-        match a {
-            EditTypeArg::Same => EditType::Same,
-            EditTypeArg::Q8_0 => EditType::Q8_0,
-            EditTypeArg::F16 => EditType::F16,
-            EditTypeArg::F32 => EditType::F32,
-        }
+#[derive(Subcommand)]
+enum Cmd {
+    /// Describe a GGUF file: architecture, sizes, tensor types, chat template, sleep.* provenance.
+    Inspect(files::InspectArgs),
+    /// Rewrite a GGUF through the streamed writer with no edits (the output is byte-identical).
+    Rewrite(files::RewriteArgs),
+    /// Compare two GGUF files: metadata added/changed/removed, and per tensor identical or the
+    /// relative size of its change (dequantized).
+    Diff(files::DiffArgs),
+    /// Generate replies (greedy unless --temperature is given) through the model's chat template.
+    Generate(generate::GenerateArgs),
+    /// Measure how closely CANDIDATE without a prompt follows BASE with it (KL recovery).
+    Eval(eval::EvalArgs),
+    /// Bake a system prompt into the weights: the output, used with no system prompt, behaves
+    /// like the input used with it.
+    Patch(patch::PatchArgs),
+    /// Prompt Baking: train a LoRA adapter so that the model without the prompt matches the
+    /// model with it (KL on its own sampled replies), then merge it or write it as an adapter.
+    Bake(bake::BakeArgs),
+}
+
+/// Run the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Inspect(a) => files::inspect(a),
+        Cmd::Rewrite(a) => files::rewrite(a),
+        Cmd::Diff(a) => files::diff(a),
+        Cmd::Generate(a) => generate::run(a),
+        Cmd::Eval(a) => eval::run(a),
+        Cmd::Patch(a) => patch::run(a),
+        Cmd::Bake(a) => bake::run(a),
     }
 }
 
-/// `--rounding`: how edited matrices are rounded to a quantized type.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum RoundingArg {
-    /// chosen to keep each layer's output on the calibration inputs
-    Output,
-    /// each weight to its nearest grid value
-    Nearest,
-}
+/// The library names option fields in backticks; each is the flag that sets it here.
+const FLAGS: [(&str, &str); 21] = [
+    ("`rank`", "--rank"),
+    ("`batch`", "--batch"),
+    ("`lr`", "--lr"),
+    ("`top_k`", "--top-k"),
+    ("`per_question`", "--trajectories"),
+    ("`init_questions`", "--init-calib-size"),
+    ("`init`", "--init"),
+    ("`emit`", "--emit"),
+    ("`merge`", "--merge"),
+    ("`bias`", "--bias"),
+    ("`strength`", "--strength"),
+    ("`save_adapter`", "--save-adapter"),
+    ("`layers`", "--layers"),
+    ("`lora_rank`", "--lora-rank"),
+    ("`method`", "--method"),
+    ("`sequential`", "--sequential"),
+    ("`in_place`", "--in-place"),
+    ("`lambda`", "--ridge"),
+    ("`questions`", "--calib"),
+    ("`output`", "-o"),
+    ("`edit_type`", "--edit-type"),
+];
 
-/// The system prompt from `--prompt` or `--prompt-file`, without trailing newlines.
-pub fn system_prompt(text: &Option<String>, file: &Option<PathBuf>) -> Result<String> {
-    let system = match (text, file) {
-        (Some(t), _) => t.clone(),
-        (None, Some(f)) => crate::read_text(f, "prompt")?,
-        _ => bail!("give the system prompt with --prompt TEXT or --prompt-file FILE"),
-    };
-    Ok(system.trim_end_matches('\n').to_string())
-}
-
-/// The calibration questions: `--calib` or the built-in set, cut to `--calib-size`.
-pub fn calibration(file: &Option<PathBuf>, size: Option<usize>) -> Result<Vec<String>> {
-    let mut questions = match file {
-        Some(f) => eval::lines(&crate::read_text(f, "calibration")?),
-        None => material::default_questions(),
-    };
-    if let Some(n) = size {
-        questions.truncate(n);
+/// An error and its causes on one line, with option fields named by their flags.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = format!("{e:#}").replace('\n', " ");
+    for (field, flag) in FLAGS {
+        msg = msg.replace(field, flag);
     }
-    if questions.is_empty() {
-        bail!("the calibration file has no questions");
-    }
-    Ok(questions)
+    msg
 }

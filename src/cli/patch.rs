@@ -2,15 +2,11 @@
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
+use std::path::PathBuf;
 
-use super::{EditTypeArg, RoundingArg};
-use indicatif::ProgressBar;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-
-use gguf_sleep::chat::ChatFormat;
-use gguf_sleep::engine::Model;
-use gguf_sleep::ollama;
+use super::args::{calibration, EditTypeArg, PromptArgs, RoundingArg};
+use super::progress::Phases;
+use gguf_sleep::export::ollama;
 use gguf_sleep::patch::{self, Emit, Lambda, Method, PatchOptions, PatchReport};
 
 /// `patch` arguments.
@@ -18,16 +14,8 @@ use gguf_sleep::patch::{self, Emit, Lambda, Method, PatchOptions, PatchReport};
 pub struct PatchArgs {
     /// the .gguf model to patch (left untouched unless --in-place)
     model: PathBuf,
-    /// the system prompt to bake in
-    #[arg(
-        long,
-        conflicts_with = "prompt_file",
-        required_unless_present = "prompt_file"
-    )]
-    prompt: Option<String>,
-    /// read the system prompt from a file
-    #[arg(long, value_name = "FILE")]
-    prompt_file: Option<PathBuf>,
+    #[command(flatten)]
+    prompt: PromptArgs,
     /// where to write the patched model
     #[arg(short, long, required_unless_present_any = ["in_place", "ollama"])]
     output: Option<PathBuf>,
@@ -129,20 +117,20 @@ fn parse_layers(s: &str) -> Result<(usize, usize)> {
     ))
 }
 
-/// Run `patch`.
-pub fn run(a: PatchArgs) -> Result<()> {
-    let system = super::system_prompt(&a.prompt, &a.prompt_file)?;
-    let questions = super::calibration(&a.calib, a.calib_size)?;
-    let lambda = match a.ridge.as_str() {
+fn parse_ridge(s: &str) -> Result<Lambda> {
+    Ok(match s {
         "auto" => Lambda::Auto,
-        s => Lambda::Fixed(s.parse().ok().filter(|v: &f64| *v > 0.0).ok_or_else(|| {
-            anyhow::anyhow!("--ridge takes auto or a positive number, not '{s}'")
-        })?),
-    };
-    if !a.strength.is_finite() {
-        bail!("--strength must be a finite number");
-    }
-    let output = match (&a.output, a.in_place, &a.ollama) {
+        s => {
+            Lambda::Fixed(s.parse().map_err(|_| {
+                anyhow::anyhow!("--ridge takes auto or a positive number, not '{s}'")
+            })?)
+        }
+    })
+}
+
+/// Where the output goes: `-o`, the input (`--in-place`) or a file in the `--ollama` directory.
+fn output_path(a: &PatchArgs) -> Result<PathBuf> {
+    Ok(match (&a.output, a.in_place, &a.ollama) {
         (Some(o), false, None) => o.clone(),
         (None, true, None) => a.model.clone(),
         (None, false, Some(dir)) => {
@@ -155,24 +143,31 @@ pub fn run(a: PatchArgs) -> Result<()> {
             };
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the directory {}", dir.display()))?;
-            dir.join(format!("{}-{suffix}.gguf", file_stem(&a.model)))
+            dir.join(format!("{}-{suffix}.gguf", ollama::file_stem(&a.model)))
         }
         (None, false, None) => bail!("give the output file with -o OUT"),
         _ => bail!("give one of -o OUT, --in-place or --ollama DIR"),
+    })
+}
+
+/// Run `patch`.
+pub fn run(a: PatchArgs) -> Result<()> {
+    let system = a.prompt.text()?;
+    let method = match a.method {
+        MethodArg::Down => Method::Down,
+        MethodArg::Matrix => Method::Matrix,
+        MethodArg::Vector => Method::Vector,
+        MethodArg::Cvec => Method::Cvec,
+        MethodArg::Sleep => Method::Sleep,
     };
     let opts = PatchOptions {
-        method: match a.method {
-            MethodArg::Down => Method::Down,
-            MethodArg::Matrix => Method::Matrix,
-            MethodArg::Vector => Method::Vector,
-            MethodArg::Cvec => Method::Cvec,
-            MethodArg::Sleep => Method::Sleep,
-        },
-        sequential: !a.parallel && !matches!(a.method, MethodArg::Sleep) || a.sequential,
+        method,
+        // sleep is closed-form: parallel unless --sequential asks (and is refused)
+        sequential: a.sequential || !a.parallel && method != Method::Sleep,
         strength: a.strength,
         layers: a.layers.as_deref().map(parse_layers).transpose()?,
-        questions,
-        lambda,
+        questions: calibration(&a.calib, a.calib_size)?,
+        lambda: parse_ridge(&a.ridge)?,
         edit_type: a.edit_type.into(),
         output_rounding: matches!(a.rounding, RoundingArg::Output),
         alpha: a.alpha,
@@ -186,33 +181,20 @@ pub fn run(a: PatchArgs) -> Result<()> {
             EmitArg::Cvec => Emit::Cvec,
         },
         bias: !a.no_bias,
-        replies: None,
-        teacher_lora: None,
-        then: None,
     };
-    let mut pb: Option<(String, ProgressBar)> = None;
+    opts.validate()?;
+    let output = output_path(&a)?;
+    let mut bars = Phases::default();
     let report = patch::patch(
         &a.model,
         &output,
         &system,
         &opts,
-        &mut |phase, done, total| {
-            if pb.as_ref().map(|(p, _)| p.as_str()) != Some(phase) {
-                if let Some((_, b)) = pb.take() {
-                    b.finish_and_clear();
-                }
-                pb = Some((phase.to_string(), crate::bar(total, phase)));
-            }
-            if let Some((_, b)) = &pb {
-                b.set_position(done as u64);
-            }
-        },
+        &mut |phase, done, total| bars.update(phase, done, total, None),
     )?;
-    if let Some((_, b)) = pb.take() {
-        b.finish_and_clear();
-    }
+    bars.finish();
     let ollama = match &a.ollama {
-        Some(dir) => Some(write_modelfile(
+        Some(dir) => Some(ollama::write_modelfile(
             &a.model,
             dir,
             &output,
@@ -237,49 +219,6 @@ pub fn run(a: PatchArgs) -> Result<()> {
     }
     Ok(())
 }
-
-fn file_stem(p: &Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".to_string())
-}
-
-/// Writes `dir/Modelfile` (atomically) for the patched `gguf`; returns its path and the
-/// `ollama create` command.
-fn write_modelfile(
-    model: &Path,
-    dir: &Path,
-    gguf: &Path,
-    adapter: bool,
-) -> Result<(PathBuf, String)> {
-    let m = Model::load(model)?;
-    let fmt = ChatFormat::for_model(&m)?;
-    let name = gguf
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let base = if adapter {
-        Some(std::fs::canonicalize(model)?)
-    } else {
-        None
-    };
-    let text = ollama::modelfile(&fmt, &name, base.as_deref())?;
-    let path = dir.join("Modelfile");
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write to {}", dir.display()))?;
-    tmp.write_all(text.as_bytes())
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    let create = format!(
-        "ollama create {} -f {}",
-        ollama::model_name(&file_stem(gguf)),
-        path.display()
-    );
-    Ok((path, create))
-}
-
 fn summary(r: &PatchReport) {
     match &r.export {
         None => println!(

@@ -5,7 +5,8 @@ use anyhow::{bail, Result};
 use std::ffi::CString;
 use std::path::Path;
 
-use super::{Context, Model};
+use super::context::Context;
+use super::model::Model;
 use llama_cpp_sys_2 as sys;
 
 /// A LoRA adapter loaded for one model; llama.cpp frees it with the model.

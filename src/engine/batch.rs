@@ -59,7 +59,7 @@ impl Batch {
     }
 
     /// Append `token` at position `pos` of sequence `seq`; `logits` asks for its output row.
-    /// Returns the row index (for [`super::Context::logits`]). Panics only if over capacity,
+    /// Returns the row index (for [`super::context::Context::logits`]). Panics only if over capacity,
     /// which callers size against.
     pub fn push(&mut self, token: i32, pos: i32, seq: i32, logits: bool) -> usize {
         assert!(self.n_embd == 0, "token pushed to an embeddings batch");

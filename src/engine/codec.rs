@@ -25,12 +25,12 @@ pub enum CodecError {
     #[error("a row of {0} elements is not a whole number of {1} blocks")]
     RowLength(u64, &'static str),
     /// The type needs an importance matrix and none was given.
-    #[error("quantizing to {0} needs an importance matrix; pass one or use --edit-type q8_0")]
+    #[error("quantizing to {0} needs an importance matrix; pass one or store the edits as q8_0 (`edit_type`)")]
     NeedsImatrix(&'static str),
 }
 
 fn traits(ty: GgmlType) -> &'static llama_cpp_sys_2::ggml_type_traits {
-    super::init_backend();
+    super::backend::init_backend();
     // SAFETY: ggml returns a pointer into its static type-traits table for every valid type id;
     // GgmlType only holds ids that ggml knows.
     unsafe { &*llama_cpp_sys_2::ggml_get_type_traits(ty.id() as llama_cpp_sys_2::ggml_type) }
@@ -82,7 +82,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: u64) -> Result<Vec<f32>, CodecEr
 
 /// Whether ggml refuses to quantize to `ty` without an importance matrix.
 pub fn quantize_requires_imatrix(ty: GgmlType) -> bool {
-    super::init_backend();
+    super::backend::init_backend();
     // SAFETY: pure query on a valid type id.
     unsafe {
         llama_cpp_sys_2::ggml_quantize_requires_imatrix(ty.id() as llama_cpp_sys_2::ggml_type)

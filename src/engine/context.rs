@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::os::raw::c_void;
 
-use super::{Batch, Model};
+use super::backend::default_threads;
+use super::batch::Batch;
+use super::model::Model;
 use llama_cpp_sys_2 as sys;
 
 /// How to size a context.
@@ -69,7 +71,7 @@ impl<'m> Context<'m> {
     /// and numbers match between capturing and plain runs.
     pub fn new(model: &'m Model, opts: &ContextOptions) -> Result<Context<'m>> {
         let mut capture = opts.capture.then(Box::<CaptureState>::default);
-        let threads = super::default_threads();
+        let threads = default_threads();
         // SAFETY: default params are plain data; the callback's user data is a Box owned by the
         // returned Context, which outlives the llama_context (freed first in Drop).
         let ptr = unsafe {

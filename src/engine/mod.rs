@@ -7,80 +7,15 @@
 //! Everything else in the project (capture, methods, eval) is written in safe Rust on top of it.
 
 mod adapter;
+mod backend;
 mod batch;
 mod codec;
 mod context;
 mod model;
 
 pub use adapter::LoraAdapter;
+pub use backend::{default_threads, retain_freed_memory, with_single_threaded_lapack};
 pub use batch::Batch;
 pub use codec::{dequantize, quantize, quantize_requires_imatrix, CodecError};
 pub use context::{Captured, Context, ContextOptions};
 pub use model::{Model, ModelInfo};
-
-use std::sync::Once;
-
-static INIT: Once = Once::new();
-
-/// Initialise llama.cpp once per process and route its log to stderr only when
-/// `GGUF_SLEEP_LLAMA_LOG=1` (it is chatty otherwise).
-pub(crate) fn init_backend() {
-    INIT.call_once(|| {
-        // SAFETY: plain initialisation calls with no arguments / a static callback.
-        unsafe {
-            llama_cpp_sys_2::llama_log_set(Some(log_callback), std::ptr::null_mut());
-            llama_cpp_sys_2::llama_backend_init();
-        }
-    });
-}
-
-unsafe extern "C" fn log_callback(
-    _level: llama_cpp_sys_2::ggml_log_level,
-    text: *const std::os::raw::c_char,
-    _user: *mut std::os::raw::c_void,
-) {
-    if text.is_null() || std::env::var_os("GGUF_SLEEP_LLAMA_LOG").is_none() {
-        return;
-    }
-    // SAFETY: llama.cpp passes a NUL-terminated string valid for the duration of the call.
-    let s = unsafe { std::ffi::CStr::from_ptr(text) };
-    eprint!("{}", s.to_string_lossy());
-}
-
-/// Threads to use for llama.cpp compute: `GGUF_SLEEP_THREADS`, else all available cores.
-pub fn default_threads() -> i32 {
-    std::env::var("GGUF_SLEEP_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32))
-}
-
-unsafe extern "C" {
-    fn openblas_get_num_threads() -> std::os::raw::c_int;
-    fn openblas_set_num_threads(n: std::os::raw::c_int);
-}
-
-/// Run `f` with LAPACK (OpenBLAS, which ndarray-linalg's solves use) on one thread per call,
-/// so that the caller can solve independent systems on several threads at once: on 1.5k-wide
-/// factorisations OpenBLAS's own threads gain under a tenth and spin while they wait.
-pub fn with_single_threaded_lapack<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: OpenBLAS's documented thread-count getter and setter; any count ≥ 1 is valid.
-    let n = unsafe { openblas_get_num_threads() };
-    unsafe { openblas_set_num_threads(1) };
-    let r = f();
-    unsafe { openblas_set_num_threads(n.max(1)) };
-    r
-}
-
-/// Keep freed memory in the process instead of returning it to the system (glibc `mallopt`):
-/// training allocates and frees the same large activation buffers every step, and the patch's
-/// solves the same large matrices every layer; letting the allocator unmap them makes the
-/// kernel zero fresh pages each time (a sixth of a training step, a third of a solve).
-pub fn retain_freed_memory() {
-    // SAFETY: mallopt only changes allocator thresholds; any values are valid.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}

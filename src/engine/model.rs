@@ -41,7 +41,7 @@ unsafe impl Sync for Model {}
 impl Model {
     /// Load a GGUF model from `path` (mmapped, CPU unless built with a GPU feature).
     pub fn load(path: &Path) -> Result<Model> {
-        super::init_backend();
+        super::backend::init_backend();
         if !path.is_file() {
             bail!("{}: no such model file", path.display());
         }
@@ -212,12 +212,6 @@ impl Model {
         // SAFETY: pure query.
         let t = unsafe { sys::llama_vocab_eos(self.vocab) };
         (t >= 0).then(|| String::from_utf8_lossy(&self.token_bytes(t, true)).into_owned())
-    }
-
-    /// Whether the tokenizer adds BOS to a fresh sequence.
-    pub fn add_bos(&self) -> bool {
-        // SAFETY: pure query.
-        unsafe { sys::llama_vocab_get_add_bos(self.vocab) }
     }
 }
 

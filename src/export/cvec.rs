@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use gguf::{GgmlType, GgufFile, Metadata, NewTensor, WriteOptions};
 use std::path::Path;
 
-use super::{changes, f32_bytes, ExportReport};
+use super::changes::{changes, f32_bytes, ExportReport};
 
 /// Writes the control vector of `patched` (against `base`) to `out`.
 pub fn write(base: &GgufFile, patched: &GgufFile, out: &Path) -> Result<ExportReport> {
@@ -21,11 +21,11 @@ pub fn write(base: &GgufFile, patched: &GgufFile, out: &Path) -> Result<ExportRe
             .and_then(|l| l.parse::<usize>().ok());
         let Some(layer) = layer else {
             bail!(
-                "the patch changes {name}, which a control vector cannot carry: use --method cvec"
+                "the patch changes {name}, which a control vector cannot carry: use `method` cvec"
             );
         };
         if layer == 0 {
-            bail!("llama.cpp applies no control vector to layer 0: patch --layers 1..N");
+            bail!("llama.cpp applies no control vector to layer 0: patch `layers` 1..N");
         }
         debug_assert_eq!(dims.len(), 1);
         dirs.push((layer, d));
@@ -76,7 +76,7 @@ pub fn read(path: &Path, n_embd: usize, n_layer: usize) -> Result<Vec<f32>> {
         if l == 0 || l >= n_layer || t.n_elements() != n_embd as u64 {
             bail!("{}: {} does not fit this model", path.display(), t.name);
         }
-        let v = super::values(&f, t)?;
+        let v = super::changes::values(&f, t)?;
         data[(l - 1) * n_embd..l * n_embd].copy_from_slice(&v);
     }
     Ok(data)

@@ -20,10 +20,11 @@ use ndarray::{Array2, ArrayView2};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::edit::Delta;
+use super::facts::Arch;
 use super::ridge::{Ridge, Solution};
-use super::rounding::Hessian;
 use crate::capture::{Kind, Matrix};
+use crate::store::rounding::Hessian;
+use crate::store::Delta;
 
 /// Aligned rows of one run: (kind, layer) → `[aligned tokens × width]`.
 pub type Rows = BTreeMap<(Kind, usize), Matrix>;
@@ -55,33 +56,14 @@ impl Method {
             Method::Down => "down",
         }
     }
-}
 
-/// Architecture facts the methods need.
-#[derive(Debug, Clone)]
-pub struct Arch {
-    /// `general.architecture`
-    pub name: String,
-    /// residual width
-    pub n_embd: usize,
-    /// MLP hidden width
-    pub n_ff: usize,
-    /// per-head value width
-    pub head_dim_v: usize,
-    /// llama family: `attn_output.bias` and `ffn_down.bias` are applied when present
-    pub has_out_biases: bool,
-    /// per-layer weights of the norm after the MLP (gemma3), else empty
-    pub ffn_post_norm: Vec<Vec<f32>>,
-}
-
-impl Arch {
-    /// Whether the architecture's graph is supported by `method`.
-    pub fn check(&self, method: Method) -> Result<()> {
-        if matches!(method, Method::Vector | Method::Cvec) && !self.has_out_biases {
+    /// Whether the architecture's graph gives the method somewhere to put its edits.
+    pub fn check(self, arch: &Arch) -> Result<()> {
+        if matches!(self, Method::Vector | Method::Cvec) && !arch.has_out_biases {
             bail!(
                 "{} applies no bias after attention, so a thought vector has nowhere to go: \
-                 use --method down (it fits the same shift into W_down) or matrix",
-                self.name
+                 use `method` down (it fits the same shift into W_down) or matrix",
+                arch.name
             );
         }
         Ok(())

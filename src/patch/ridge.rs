@@ -320,7 +320,7 @@ fn solve_normal(g: &Array2<f64>, c: &Array2<f64>, d: usize, lambda: f64) -> Resu
         };
     }
     let l = a.cholesky(UPLO::Lower).map_err(|e| {
-        anyhow::anyhow!("the least-squares system is singular ({e}); raise --ridge")
+        anyhow::anyhow!("the least-squares system is singular ({e}); raise `lambda`")
     })?;
     // G = L·Lᵀ: solve L·Y = C, then Lᵀ·W = Y (triangular solves with every column at once).
     let y = l
@@ -337,7 +337,7 @@ fn solve_normal(g: &Array2<f64>, c: &Array2<f64>, d: usize, lambda: f64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::patch::testing::lcg;
+    use crate::testing::lcg;
 
     #[test]
     fn recovers_a_linear_map_with_intercept() {

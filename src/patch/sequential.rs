@@ -13,72 +13,77 @@ use anyhow::{Context as _, Result};
 use std::path::Path;
 use std::time::Instant;
 
-use super::{edit, method, slice, slice_rows, solve_layer, spill::Spill};
-use super::{is_validation, Arch, Fitted, LayerReport, PatchOptions, Progress, Rows};
+use super::facts::Arch;
+use super::fit::{slice_rows, slice_rows_of, solve_layer, Fitted, Progress};
+use super::method::{self, Rows, Weights};
+use super::options::PatchOptions;
+use super::report::LayerReport;
+use super::ridge::Ridge;
+use super::slice;
+use super::spill::Spill;
 use crate::capture::{self, Kind, Matrix, Request};
 use crate::engine::{Context, ContextOptions, Model};
 use crate::material::Pair;
+use crate::store::{self, output};
+use crate::text::is_validation;
 
-/// Name prefix of the working directory (beside the output).
-const WORK_PREFIX: &str = ".gguf-sleep-seq-";
+/// What every layer's fit shares.
+pub struct Run<'a> {
+    /// the input model's file
+    pub src: &'a gguf::GgufFile,
+    /// its path (llama.cpp loads it)
+    pub input: &'a Path,
+    /// context settings for every capture
+    pub copts: &'a ContextOptions,
+    /// what the fits need of the model
+    pub arch: &'a Arch,
+    /// the calibration exchanges
+    pub pairs: &'a [Pair],
+    /// the run's options
+    pub opts: &'a PatchOptions,
+    /// fit to this adapter's activations instead of the prompted run's (see
+    /// [`super::Supplied::teacher_lora`])
+    pub teacher: Option<&'a Path>,
+    /// the weights edits are made to
+    pub weights: &'a dyn Weights,
+}
 
-/// Fit `layers` in order; returns every layer's deltas and reports.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn fit(
-    src: &gguf::GgufFile,
-    input: &Path,
-    work_dir: &Path,
-    copts: &ContextOptions,
-    arch: &Arch,
-    pairs: &[Pair],
-    layers: &[usize],
-    opts: &PatchOptions,
-    weights: &dyn method::Weights,
-    phases: &mut Vec<(String, f64)>,
-    progress: Progress,
-) -> Result<(Fitted, Vec<LayerReport>)> {
-    // `.gguf-sleep-seq-PID-…`: what a killed run left behind is removed by the next one.
-    gguf::remove_stale(work_dir, WORK_PREFIX);
-    let work = tempfile::Builder::new()
-        .prefix(&format!("{WORK_PREFIX}{}-", std::process::id()))
-        .tempdir_in(work_dir)
-        .with_context(|| {
-            format!(
-                "cannot create a working directory in {}",
-                work_dir.display()
-            )
-        })?;
-    let t = Instant::now();
-    let (pk, _) = method::kinds(opts.method, arch);
-    let teacher = opts.teacher_lora.as_deref();
-    let prompted = capture_prompted(
-        input,
-        teacher,
-        copts,
-        pairs,
-        layers,
-        &pk,
-        work.path(),
-        progress,
-    )?;
-    phases.push(("capture prompted".to_string(), t.elapsed().as_secs_f64()));
-    let run = Run {
-        src,
-        input,
-        work: work.path(),
-        copts,
-        arch,
-        pairs,
-        opts,
-        weights,
-        prompted: &prompted,
-    };
-    run.by_layer(layers, phases, progress)
+impl Run<'_> {
+    /// Fit `layers` in order, working in a scratch directory in `work_dir`; returns every
+    /// layer's stored edits and reports.
+    pub fn fit(
+        &self,
+        work_dir: &Path,
+        layers: &[usize],
+        phases: &mut Vec<(String, f64)>,
+        progress: Progress,
+    ) -> Result<(Fitted, Vec<LayerReport>)> {
+        let work = output::scratch_dir(work_dir, output::Scratch::Seq)?;
+        let t = Instant::now();
+        let (pk, _) = method::kinds(self.opts.method, self.arch);
+        let prompted = capture_prompted(
+            self.input,
+            self.teacher,
+            self.copts,
+            self.pairs,
+            layers,
+            &pk,
+            work.path(),
+            progress,
+        )?;
+        phases.push(("capture prompted".to_string(), t.elapsed().as_secs_f64()));
+        let by = ByLayer {
+            run: self,
+            work: work.path(),
+            prompted: &prompted,
+        };
+        by.fit(layers, phases, progress)
+    }
 }
 
 /// The prompted run's rows of `kinds` at every layer, aligned, spilled into `work`; with a
 /// `teacher` adapter, the run of the model with that adapter applied (the pairs then hold the
-/// same tokens twice, see [`super::PatchOptions::teacher_lora`]).
+/// same tokens twice, see [`super::Supplied::teacher_lora`]).
 #[allow(clippy::too_many_arguments)]
 fn capture_prompted(
     input: &Path,
@@ -113,34 +118,21 @@ fn capture_prompted(
     Ok(spill)
 }
 
-/// What every layer's fit shares.
-struct Run<'a> {
-    src: &'a gguf::GgufFile,
-    input: &'a Path,
+/// One sequential fit in progress: the run, its scratch directory, the prompted rows.
+struct ByLayer<'a> {
+    run: &'a Run<'a>,
     work: &'a Path,
-    copts: &'a ContextOptions,
-    arch: &'a Arch,
-    pairs: &'a [Pair],
-    opts: &'a PatchOptions,
-    weights: &'a dyn method::Weights,
     prompted: &'a Spill,
 }
 
-impl Run<'_> {
+impl ByLayer<'_> {
     /// Add conversation `i`'s unprompted rows `u` (all tokens) of layer `l` to `prob`.
-    fn add(
-        &self,
-        prob: &mut super::ridge::Ridge,
-        targets: &[Rows],
-        i: usize,
-        l: usize,
-        u: Rows,
-    ) -> Result<()> {
-        let p = &self.pairs[i];
-        if self.opts.method == method::Method::Matrix {
+    fn add(&self, prob: &mut Ridge, targets: &[Rows], i: usize, l: usize, u: Rows) -> Result<()> {
+        let p = &self.run.pairs[i];
+        if self.run.opts.method == method::Method::Matrix {
             // Tokens before the shared part (the template's own text) keep their MLP input:
             // `Δ` applies to every token, not only to the fitted ones (docs/RESULTS.md).
-            if let Some(a) = u.get(&(crate::capture::Kind::MlpIn, l)) {
+            if let Some(a) = u.get(&(Kind::MlpIn, l)) {
                 let zero = vec![0f32; a.cols];
                 for r in 0..p.align.unprompted_start.min(a.rows) {
                     prob.add(a.row(r), &zero, is_validation(i));
@@ -149,8 +141,8 @@ impl Run<'_> {
         }
         let u = slice_rows_of(u, p.align.unprompted_start, p.align.len);
         method::add_rows(
-            self.opts.method,
-            self.arch,
+            self.run.opts.method,
+            self.run.arch,
             l,
             &targets[i],
             &u,
@@ -161,13 +153,13 @@ impl Run<'_> {
     }
 
     /// Each layer fitted, then run alone on the kept residual stream.
-    fn by_layer(
+    fn fit(
         &self,
         layers: &[usize],
         phases: &mut Vec<(String, f64)>,
         progress: Progress,
     ) -> Result<(Fitted, Vec<LayerReport>)> {
-        let (_, uk) = method::kinds(self.opts.method, self.arch);
+        let (_, uk) = method::kinds(self.run.opts.method, self.run.arch);
         let layer_file = self.work.join("layer.gguf");
         // The residual stream entering the layer being fitted, per conversation, every token.
         let mut stream: Vec<Matrix> = Vec::new();
@@ -177,19 +169,19 @@ impl Run<'_> {
         for (n, &l) in layers.iter().enumerate() {
             let t = Instant::now();
             let targets = self.prompted.layer(l)?;
-            let mut prob = method::problem(self.opts.method, self.arch);
+            let mut prob = method::problem(self.run.opts.method, self.run.arch);
             {
                 // The first layer runs in the full model from the tokens; later ones alone.
                 let (model, local) = if n == 0 {
-                    (Model::load(self.input)?, l)
+                    (Model::load(self.run.input)?, l)
                 } else {
-                    slice::write_layer(self.src, l, &gguf::Edits::new(), &layer_file)?;
+                    slice::write_layer(self.run.src, l, &gguf::Edits::new(), &layer_file)?;
                     (Model::load(&layer_file)?, 0)
                 };
                 let mut req = Request::new(&uk, [local]);
                 req.stop_early = true;
-                let mut ctx = Context::new(&model, self.copts)?;
-                for (i, p) in self.pairs.iter().enumerate() {
+                let mut ctx = Context::new(&model, self.run.copts)?;
+                for (i, p) in self.run.pairs.iter().enumerate() {
                     let c = if n == 0 {
                         capture::run(&mut ctx, &p.unprompted, &req)?
                     } else {
@@ -205,32 +197,36 @@ impl Run<'_> {
             }
             t_capture += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            let (d, r) = solve_layer(self.opts, l, &mut prob, self.weights)?;
+            let (d, r) = solve_layer(self.run.opts, l, &mut prob, self.run.weights)?;
             drop(prob); // the normal equations; the edits carry the Grams they need
             reports.push(r);
             t_solve += t.elapsed().as_secs_f64();
             // The output's edits of this layer, at the asked strength.
             let t = Instant::now();
-            let (out, r) =
-                edit::to_gguf_edits(self.src, &d, self.opts.strength, self.opts.edit_type)?;
+            let (out, r) = store::to_gguf_edits(
+                self.run.src,
+                &d,
+                self.run.opts.strength,
+                self.run.opts.edit_type,
+            )?;
             stored_reports.extend(r);
             if n + 1 < layers.len() {
                 // The stream leaving the patched layer, as stored (requantized), enters l+1.
-                let edits = if self.opts.strength == 1.0 {
+                let edits = if self.run.opts.strength == 1.0 {
                     out.clone()
                 } else {
-                    edit::to_gguf_edits(self.src, &d, 1.0, self.opts.edit_type)?.0
+                    store::to_gguf_edits(self.run.src, &d, 1.0, self.run.opts.edit_type)?.0
                 };
                 let next = if n == 0 {
                     let full = self.work.join("first.gguf");
-                    gguf::write(self.src, &edits, &full, &slice::scratch())?;
+                    gguf::write(self.run.src, &edits, &full, &output::scratch_options())?;
                     let model = Model::load(&full)?;
                     let out = self.block_outputs(&model, l, None)?;
                     drop(model);
                     std::fs::remove_file(&full).ok();
                     out
                 } else {
-                    slice::write_layer(self.src, l, &edits, &layer_file)?;
+                    slice::write_layer(self.run.src, l, &edits, &layer_file)?;
                     let model = Model::load(&layer_file)?;
                     self.block_outputs(&model, 0, Some(&stream))?
                 };
@@ -256,9 +252,9 @@ impl Run<'_> {
     ) -> Result<Vec<Matrix>> {
         let mut req = Request::new(&[Kind::BlockOut], [layer]);
         req.stop_early = true;
-        let mut ctx = Context::new(model, self.copts)?;
-        let mut out = Vec::with_capacity(self.pairs.len());
-        for (i, p) in self.pairs.iter().enumerate() {
+        let mut ctx = Context::new(model, self.run.copts)?;
+        let mut out = Vec::with_capacity(self.run.pairs.len());
+        for (i, p) in self.run.pairs.iter().enumerate() {
             let mut c = match input {
                 None => capture::run(&mut ctx, &p.unprompted, &req)?,
                 Some(x) => capture::run_embeddings(&mut ctx, &x[i], &req)?,
@@ -271,16 +267,4 @@ impl Run<'_> {
         }
         Ok(out)
     }
-}
-
-/// The rows `[start, start+len)` of every matrix in `rows`.
-fn slice_rows_of(rows: Rows, start: usize, len: usize) -> Rows {
-    slice_rows(
-        capture::Capture {
-            tensors: rows,
-            ..Default::default()
-        },
-        start,
-        len,
-    )
 }

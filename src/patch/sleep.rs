@@ -13,9 +13,15 @@
 
 use anyhow::Result;
 
-use super::edit::Delta;
+use super::facts::Arch;
+use super::fit::{slice_rows, Progress};
 use super::method::Rows;
-use crate::capture::Kind;
+use super::options::PatchOptions;
+use super::report::LayerReport;
+use crate::capture::{self, Kind, Request};
+use crate::engine::{Context, ContextOptions, Model};
+use crate::material::Pair;
+use crate::store::Delta;
 
 /// Running sums for one layer.
 #[derive(Debug, Clone)]
@@ -130,4 +136,62 @@ impl SleepStats {
             values,
         }
     }
+}
+/// Measure every layer's statistics over `pairs` (one capture pass) and turn them into
+/// `attn_v.bias` deltas.
+pub fn fit(
+    model: &Model,
+    arch: &Arch,
+    copts: &ContextOptions,
+    pairs: &[Pair],
+    layers: &[usize],
+    opts: &PatchOptions,
+    progress: Progress,
+) -> Result<(Vec<Delta>, Vec<LayerReport>)> {
+    let info = model.info();
+    let head_dim = arch.head_dim_v;
+    let mut stats: Vec<SleepStats> = layers
+        .iter()
+        .map(|_| SleepStats::new(head_dim, info.n_head, info.n_head_kv))
+        .collect();
+    let mut ctx = Context::new(model, copts)?;
+    let mut preq = Request::new(&[Kind::AttnProbs, Kind::Value], layers.iter().copied());
+    let mut ureq = Request::new(&[Kind::Value], layers.iter().copied());
+    (preq.stop_early, ureq.stop_early) = (true, true);
+    for (i, p) in pairs.iter().enumerate() {
+        let pc = capture::run(&mut ctx, &p.prompted, &preq)?;
+        let prows: Rows = pc.tensors;
+        let u = slice_rows(
+            capture::run(&mut ctx, &p.unprompted, &ureq)?,
+            p.align.unprompted_start,
+            p.align.len,
+        );
+        for (s, &l) in stats.iter_mut().zip(layers) {
+            s.add(
+                l,
+                &prows,
+                1..p.align.prompted_start,
+                p.align.prompted_start,
+                p.align.len,
+                &u,
+            )?;
+        }
+        progress("capture", i + 1, pairs.len());
+    }
+    let deltas = stats
+        .iter()
+        .zip(layers)
+        .map(|(s, &l)| s.delta(l, opts.alpha, opts.beta))
+        .collect();
+    let reports = stats
+        .iter()
+        .zip(layers)
+        .map(|(s, &l)| LayerReport {
+            layer: l,
+            lambda: None,
+            val_rel_error: None,
+            alpha: Some(s.alpha()),
+        })
+        .collect();
+    Ok((deltas, reports))
 }

@@ -13,6 +13,8 @@ use std::path::Path;
 
 use gguf::{Array, Edits, GgufFile, NewTensor, Value, ValueType};
 
+use crate::arch::Family;
+
 /// Write a model whose layers 0 and 1 are both layer `l` of `src` to `out`, with `edits`'
 /// replacements and additions of layer l's tensors applied (its other edits are ignored).
 pub fn write_layer(src: &GgufFile, l: usize, layer_edits: &Edits, out: &Path) -> Result<()> {
@@ -43,8 +45,9 @@ pub fn write_layer(src: &GgufFile, l: usize, layer_edits: &Edits, out: &Path) ->
             }
         }
     }
-    if arch == "gemma3" && h.metadata.contains_key("gemma3.attention.sliding_window") {
-        let pattern_key = "gemma3.attention.sliding_window_pattern";
+    let window_key = format!("{arch}.attention.sliding_window");
+    if Family::of(&arch)?.sliding_window && h.metadata.contains_key(&window_key) {
+        let pattern_key = &format!("{arch}.attention.sliding_window_pattern");
         // llama.cpp's default for gemma3: every sixth layer attends globally.
         let swa = match h.metadata.get(pattern_key) {
             Some(Value::Array(a)) => a.items.get(l).and_then(|v| match v {
@@ -96,17 +99,9 @@ pub fn write_layer(src: &GgufFile, l: usize, layer_edits: &Edits, out: &Path) ->
     for name in removed {
         edits.remove_tensor(name);
     }
-    gguf::write(src, &edits, out, &scratch())
+    gguf::write(src, &edits, out, &crate::store::output::scratch_options())
         .with_context(|| format!("cannot write layer {l} to {}", out.display()))?;
     Ok(())
-}
-
-/// Options for a working file that is not kept: no fsyncs.
-pub fn scratch() -> gguf::WriteOptions {
-    gguf::WriteOptions {
-        scratch: true,
-        ..Default::default()
-    }
 }
 
 /// `n` as the integer type of `v`.

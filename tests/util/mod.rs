@@ -104,8 +104,8 @@ pub fn exchange(
     question: &str,
     reply: &str,
 ) -> (Vec<i32>, usize) {
-    let fmt = gguf_sleep::chat::ChatFormat::for_model(model).unwrap();
-    let mut t = gguf_sleep::convo::prompt_tokens(model, &fmt, system, question).unwrap();
+    let fmt = gguf_sleep::text::chat::ChatFormat::for_model(model).unwrap();
+    let mut t = gguf_sleep::text::convo::prompt_tokens(model, &fmt, system, question).unwrap();
     let r = model.tokenize(reply, false, false).unwrap();
     t.extend_from_slice(&r);
     (t, r.len())

@@ -11,6 +11,9 @@
 //!
 //! Sequences are shorter than Gemma-3's 512-token window, so the sliding window never masks.
 
+pub mod frozen;
+pub mod fused;
+
 use anyhow::{bail, Context as _, Result};
 use candle_core::{Device, Tensor, D};
 use gguf::GgufFile;
@@ -18,19 +21,13 @@ use ndarray::Array2;
 use std::collections::BTreeMap;
 use std::sync::{Mutex, RwLock};
 
-use super::frozen::Frozen;
-use super::fused;
 use super::lora::{LoraSet, Targets};
+use crate::arch::{Family as ArchFamily, StudentGraph};
 use crate::engine::dequantize;
+use frozen::Frozen;
 
-/// Supported architectures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// llama.cpp's `llama`
-    Llama,
-    /// llama.cpp's `gemma3`
-    Gemma3,
-}
+/// The graph the student follows ([`crate::arch`] says which family has which).
+pub type Family = StudentGraph;
 
 /// Hyper-parameters read from the GGUF header.
 #[derive(Debug, Clone)]
@@ -64,12 +61,10 @@ impl Config {
         let arch = h
             .architecture()
             .context("the model has no general.architecture")?;
-        let family = match arch {
-            "llama" => Family::Llama,
-            "gemma3" => Family::Gemma3,
-            other => bail!(
-                "bake supports the llama and gemma3 architectures, not {other}: use `patch` for this model"
-            ),
+        let Some(family) = ArchFamily::of(arch)?.student else {
+            bail!(
+                "bake supports the llama and gemma3 architectures, not {arch}: use `patch` for this model"
+            );
         };
         let m = &h.metadata;
         let u = |k: &str| {

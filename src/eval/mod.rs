@@ -3,29 +3,23 @@
 //!
 //! For each held-out question: the prompted base model's greedy reply; then, teacher-forced on
 //! that reply, per-token KL(prompted base ‖ unprompted base) and KL(prompted base ‖ unprompted
-//! candidate), and top-1 agreement. `recovery = 1 − kl_candidate / kl_base`. Locality is
-//! KL(base ‖ candidate) on neutral text, with no chat template.
+//! candidate), and top-1 agreement. `recovery = 1 − kl_candidate / kl_base`. The same figures
+//! on the content positions alone ([`content`]: the reply tokens that spell a word of the prompt
+//! the question does not contain) say whether what the prompt says is carried, not only how it
+//! makes the model speak. Locality is KL(base ‖ candidate) on neutral text, with no chat
+//! template.
+
+pub mod content;
 
 use anyhow::{bail, Result};
 
-use crate::chat::ChatFormat;
-use crate::convo::{align, prompt_tokens};
 use crate::engine::{Batch, Context, ContextOptions, Model};
 use crate::generate::{argmax, generate, GenOptions};
+use crate::text::chat::ChatFormat;
+use crate::text::convo::{align, prompt_tokens};
 
-/// Built-in held-out questions (disjoint from the calibration set).
-pub const HELDOUT: &str = include_str!("../data/heldout.txt");
 /// Built-in neutral paragraphs for locality, separated by blank lines.
-pub const NEUTRAL: &str = include_str!("../data/neutral.txt");
-
-/// Non-empty trimmed lines of a text.
-pub fn lines(text: &str) -> Vec<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
-}
+pub const NEUTRAL: &str = include_str!("../../data/neutral.txt");
 
 /// Eval settings.
 #[derive(Debug, Clone)]
@@ -75,6 +69,56 @@ pub struct EvalReport {
     pub locality_kl: Option<f64>,
     /// neutral tokens scored
     pub locality_tokens: usize,
+    /// the same figures on the content positions alone (`None`: no reply spelled a word of
+    /// the prompt)
+    pub content: Option<ContentReport>,
+}
+
+/// Fidelity on the content positions of the prompted replies ([`content`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ContentReport {
+    /// content positions scored
+    pub tokens: usize,
+    /// mean KL(prompted base ‖ unprompted base) there
+    pub kl_base: f64,
+    /// mean KL(prompted base ‖ unprompted candidate) there
+    pub kl_candidate: f64,
+    /// 1 − kl_candidate / kl_base there
+    pub recovery: f64,
+    /// top-1 agreement of the unprompted base with the prompted base there
+    pub top1_base: f64,
+    /// top-1 agreement of the unprompted candidate with the prompted base there: the share of
+    /// the prompt's content words the candidate would emit itself ("content recovery")
+    pub top1_candidate: f64,
+}
+
+/// Running sums of KL and top-1 agreement over scored positions.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sums {
+    kl_b: f64,
+    kl_c: f64,
+    t1_b: usize,
+    t1_c: usize,
+    n: usize,
+}
+
+impl Sums {
+    fn add(&mut self, teacher: &[f32], unprompted: &[f32], cand: &[f32]) {
+        self.kl_b += kl(teacher, unprompted);
+        self.kl_c += kl(teacher, cand);
+        let top = argmax(teacher);
+        self.t1_b += (argmax(unprompted) == top) as usize;
+        self.t1_c += (argmax(cand) == top) as usize;
+        self.n += 1;
+    }
+
+    /// (kl_base, kl_candidate, recovery, top1_base, top1_candidate)
+    fn means(&self) -> (f64, f64, f64, f64, f64) {
+        let n = self.n.max(1) as f64;
+        let (b, c) = (self.kl_b / n, self.kl_c / n);
+        let recovery = if b > 0.0 { 1.0 - c / b } else { 0.0 };
+        (b, c, recovery, self.t1_b as f64 / n, self.t1_c as f64 / n)
+    }
 }
 
 /// Evaluate `candidate` against `base` prompted with `system`, on `questions`.
@@ -138,7 +182,7 @@ pub fn eval(
     }
     let csys = opts.reprompt.then_some(system);
 
-    let (mut kl_b, mut kl_c, mut t1_b, mut t1_c, mut n) = (0f64, 0f64, 0usize, 0usize, 0usize);
+    let (mut all, mut on_content) = (Sums::default(), Sums::default());
     for (qi, q) in questions.iter().enumerate() {
         let reply = &replies[qi];
         if reply.is_empty() {
@@ -154,21 +198,34 @@ pub fn eval(
         let teacher = logprobs_at(&mut bctx, &p_seq, reply.len())?;
         let unprompted = logprobs_at(&mut bctx, &u_seq, reply.len())?;
         let cand = logprobs_at(&mut cctx, &c_seq, reply.len())?;
+        let pieces: Vec<String> = reply
+            .iter()
+            .map(|&t| String::from_utf8_lossy(&base.token_bytes(t, false)).into_owned())
+            .collect();
+        let marked = content::content_positions(&pieces, system, q);
         for j in 0..reply.len() {
-            kl_b += kl(&teacher[j], &unprompted[j]);
-            kl_c += kl(&teacher[j], &cand[j]);
-            let top = argmax(&teacher[j]);
-            t1_b += (argmax(&unprompted[j]) == top) as usize;
-            t1_c += (argmax(&cand[j]) == top) as usize;
-            n += 1;
+            all.add(&teacher[j], &unprompted[j], &cand[j]);
+            if marked[j] {
+                on_content.add(&teacher[j], &unprompted[j], &cand[j]);
+            }
         }
         progress("scoring", qi + 1, questions.len());
     }
-    if n == 0 {
+    if all.n == 0 {
         bail!("the prompted model produced no reply tokens");
     }
-    let nf = n as f64;
-    let (kl_base, kl_candidate) = (kl_b / nf, kl_c / nf);
+    let (kl_base, kl_candidate, recovery, top1_base, top1_candidate) = all.means();
+    let content = (on_content.n > 0).then(|| {
+        let (kl_base, kl_candidate, recovery, top1_base, top1_candidate) = on_content.means();
+        ContentReport {
+            tokens: on_content.n,
+            kl_base,
+            kl_candidate,
+            recovery,
+            top1_base,
+            top1_candidate,
+        }
+    });
     let (locality_kl, locality_tokens) = if opts.locality {
         let (v, t) = locality(&mut bctx, &mut cctx)?;
         (Some(v), t)
@@ -177,18 +234,15 @@ pub fn eval(
     };
     Ok(EvalReport {
         questions: questions.len(),
-        tokens: n,
+        tokens: all.n,
         kl_base,
         kl_candidate,
-        recovery: if kl_base > 0.0 {
-            1.0 - kl_candidate / kl_base
-        } else {
-            0.0
-        },
-        top1_base: t1_b as f64 / nf,
-        top1_candidate: t1_c as f64 / nf,
+        recovery,
+        top1_base,
+        top1_candidate,
         locality_kl,
         locality_tokens,
+        content,
     })
 }
 

@@ -1,4 +1,4 @@
-//! What the patch modules' unit tests share.
+//! What unit tests share.
 
 /// A deterministic uniform draw in `[-0.5, 0.5)` (an LCG), so tests need no random crate.
 pub fn lcg(seed: &mut u64) -> f32 {

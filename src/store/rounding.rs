@@ -390,7 +390,7 @@ pub fn h_products(c: ArrayView2<f32>, d: ArrayView2<f32>, gram: &Array2<f32>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::patch::testing::lcg;
+    use crate::testing::lcg;
 
     /// Weights on `ty`'s grid, an edit under half a step, correlated inputs.
     fn problem(ty: GgmlType, bias: bool) -> (Vec<f32>, Vec<f32>, Array2<f32>, Array2<f32>) {

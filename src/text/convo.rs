@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::chat::ChatFormat;
+use super::chat::ChatFormat;
 use crate::engine::Model;
 
 /// One rendered exchange: the tokens up to the assistant's reply, then the reply's tokens.
@@ -35,6 +35,21 @@ pub fn prompt_tokens(
     let text = fmt.render(system, user)?;
     let template_has_bos = !fmt.bos().is_empty() && text.starts_with(fmt.bos());
     model.tokenize(&text, !template_has_bos, true)
+}
+
+/// A system prompt that does not leave room for a conversation in the model's context is
+/// refused.
+pub fn check_prompt_fits(model: &Model, system: &str) -> Result<()> {
+    let fmt = ChatFormat::for_model(model)?;
+    let n = prompt_tokens(model, &fmt, Some(system), "Hi")?.len();
+    let n_ctx = model.info().n_ctx_train;
+    if n + 64 > n_ctx {
+        bail!(
+            "the system prompt takes {n} tokens, which leaves no room in the model's {n_ctx}-token \
+             context: shorten it"
+        );
+    }
+    Ok(())
 }
 
 /// Where the shared part (user turn and reply) sits in a prompted and an unprompted sequence.

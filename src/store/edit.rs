@@ -75,6 +75,16 @@ impl EditType {
             EditType::F32 => GgmlType::F32,
         }
     }
+
+    /// The name recorded in `sleep.edit_type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EditType::Same => "same",
+            EditType::Q8_0 => "q8_0",
+            EditType::F16 => "f16",
+            EditType::F32 => "f32",
+        }
+    }
 }
 
 /// What happened to one edited tensor.

@@ -7,10 +7,12 @@
 //! AI assistant named SmolLM…") stays in the template as literal text: the patched model was
 //! fitted with it. Ollama applies the template to every turn of a chat.
 
-use anyhow::{bail, Result};
-use std::path::Path;
+use anyhow::{bail, Context as _, Result};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
-use crate::chat::{ChatFormat, PLAIN_STOP};
+use crate::engine::Model;
+use crate::text::chat::{ChatFormat, PLAIN_STOP};
 
 /// Stand-in for the user's text while rendering.
 const SLOT: &str = "\u{1}PROMPT\u{1}";
@@ -81,6 +83,50 @@ pub fn model_name(stem: &str) -> String {
     } else {
         s
     }
+}
+
+/// The file name stem of a model path (`model` when it has none).
+pub fn file_stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".to_string())
+}
+
+/// Write `dir/Modelfile` (atomically) for `gguf`, the patched model written into `dir` from
+/// `model` (or, with `adapter`, an adapter over it); returns its path and the `ollama create`
+/// command that imports it.
+pub fn write_modelfile(
+    model: &Path,
+    dir: &Path,
+    gguf: &Path,
+    adapter: bool,
+) -> Result<(PathBuf, String)> {
+    let m = Model::load(model)?;
+    let fmt = ChatFormat::for_model(&m)?;
+    let name = gguf
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let base = if adapter {
+        Some(std::fs::canonicalize(model)?)
+    } else {
+        None
+    };
+    let text = modelfile(&fmt, &name, base.as_deref())?;
+    let path = dir.join("Modelfile");
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write to {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let create = format!(
+        "ollama create {} -f {}",
+        model_name(&file_stem(gguf)),
+        path.display()
+    );
+    Ok((path, create))
 }
 
 #[cfg(test)]

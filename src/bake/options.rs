@@ -1,0 +1,269 @@
+//! What a `bake` run is asked to do: the options, every default (including those that depend
+//! on where training starts), and the checks that need no model.
+
+use std::path::PathBuf;
+
+use super::lora::Targets;
+use super::teacher::TeacherOptions;
+use super::train::TrainOptions;
+use crate::options::{ensure, InvalidOptions};
+use crate::store::EditType;
+
+/// Where training starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// the unmodified model (`B = 0`)
+    None,
+    /// the model as the training-free `patch` (its default method, sequential, requantized to
+    /// the stored types) writes it: the student trains adapters on top of the patched weights
+    Patch,
+}
+
+/// How a trained adapter becomes a model's own weights (merged output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// `W + B·A` of every adapted matrix requantized to its stored type (with
+    /// quantization-aware training from `TrainOptions::qat_from`)
+    Requantize,
+    /// the adapter, trained in full precision, is the teacher of the training-free `patch`
+    /// (`down`, sequential, output-aware rounding): each layer's `ffn_down` and its bias are
+    /// fitted, in the file's own types, to reproduce the adapted model's activations
+    Refit,
+}
+
+/// What `bake` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BakeEmit {
+    /// the adapter merged into the weights, requantized
+    Merged,
+    /// a LoRA adapter GGUF
+    Lora,
+}
+
+/// Settings of one `bake` run. [`Default`] is the default bake: a merged output warm-started
+/// from the patch, with [`Init::train_defaults`] for it.
+#[derive(Debug, Clone)]
+pub struct BakeOptions {
+    /// calibration questions (every fifth is held out for the validation curve)
+    pub questions: Vec<String>,
+    /// teacher settings
+    pub teacher: TeacherOptions,
+    /// training settings
+    pub train: TrainOptions,
+    /// adapter rank
+    pub rank: usize,
+    /// projections adapted
+    pub targets: Targets,
+    /// warm start
+    pub init: Init,
+    /// most calibration questions the warm start's or the refit's patch fits on (drawn evenly
+    /// from the training questions, with the teacher's first sampled reply to each)
+    pub init_questions: usize,
+    /// scale of the trained adapter (0 = identity)
+    pub strength: f32,
+    /// merged model or adapter
+    pub emit: BakeEmit,
+    /// how a merged output takes in the adapter
+    pub merge: Merge,
+    /// also train a change to the biases of `attn_output` and `ffn_down` (merged output only:
+    /// stored exactly in F32, where a 4-bit grid rounds most of a low-rank change away)
+    pub bias: bool,
+    /// storage of merged matrices
+    pub edit_type: EditType,
+    /// round merged adapters to keep each layer's output (see [`crate::store::rounding`]); the
+    /// warm start's patch always is (its default)
+    pub output_rounding: bool,
+    /// most validation trajectories
+    pub max_val: usize,
+    /// also write the adapter here (with a merged output): as trained in full precision, just
+    /// before quantization-aware training starts, or at the end without it
+    pub save_adapter: Option<PathBuf>,
+}
+
+/// The training defaults that depend on where training starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainDefaults {
+    /// optimizer steps
+    pub steps: usize,
+    /// trajectories per step
+    pub batch: usize,
+    /// validate every this many steps
+    pub eval_every: usize,
+}
+
+impl Init {
+    /// The default start: the warm start for a merged, requantized output at full strength
+    /// that saves no adapter; the unmodified model otherwise (an adapter cannot carry the
+    /// patch's changes, and a refit needs an adapter trained from the unmodified model).
+    pub fn default_for(emit: BakeEmit, merge: Merge, strength: f32, save_adapter: bool) -> Init {
+        if emit == BakeEmit::Merged
+            && merge == Merge::Requantize
+            && strength == 1.0
+            && !save_adapter
+        {
+            Init::Patch
+        } else {
+            Init::None
+        }
+    }
+
+    /// Training on top of the patch gains little after 16 steps; from the unmodified model,
+    /// twice the steps of half the trajectories train further in the same time
+    /// (docs/RESULTS.md).
+    pub fn train_defaults(self) -> TrainDefaults {
+        match self {
+            Init::Patch => TrainDefaults {
+                steps: 32,
+                batch: 8,
+                eval_every: 8,
+            },
+            Init::None => TrainDefaults {
+                steps: 96,
+                batch: 4,
+                eval_every: 16,
+            },
+        }
+    }
+}
+
+/// The default start of quantization-aware training: the last third of the steps.
+pub fn default_qat_from(steps: usize) -> usize {
+    steps * 2 / 3
+}
+
+impl Default for TeacherOptions {
+    fn default() -> TeacherOptions {
+        TeacherOptions {
+            per_question: 1,
+            temperature: 0.8,
+            max_tokens: 64,
+            seed: 42,
+            top_k: 256,
+        }
+    }
+}
+
+impl Default for TrainOptions {
+    fn default() -> TrainOptions {
+        let d = Init::Patch.train_defaults();
+        TrainOptions {
+            steps: d.steps,
+            batch: d.batch,
+            lr: 2e-3,
+            eval_every: d.eval_every,
+            seed: 42,
+            qat_from: Some(default_qat_from(d.steps)),
+            qat_every: 4,
+        }
+    }
+}
+
+impl Default for BakeOptions {
+    fn default() -> BakeOptions {
+        BakeOptions {
+            questions: crate::text::default_questions(),
+            teacher: TeacherOptions::default(),
+            train: TrainOptions::default(),
+            rank: 8,
+            targets: Targets::All,
+            init: Init::Patch,
+            init_questions: 128,
+            strength: 1.0,
+            emit: BakeEmit::Merged,
+            merge: Merge::Requantize,
+            bias: false,
+            edit_type: EditType::Same,
+            output_rounding: false,
+            max_val: 16,
+            save_adapter: None,
+        }
+    }
+}
+
+impl BakeOptions {
+    /// Whether the merged output is the patch fitted to the adapter ([`Merge::Refit`]).
+    pub fn refit(&self) -> bool {
+        self.emit == BakeEmit::Merged && self.merge == Merge::Refit
+    }
+
+    /// The checks that need no model: fields that cannot work, alone or together.
+    pub fn validate(&self) -> Result<(), InvalidOptions> {
+        let at_least_one =
+            |v: usize, field: &str| ensure(v > 0, || format!("`{field}` must be at least 1"));
+        ensure(!self.questions.is_empty(), || {
+            "no calibration `questions`".into()
+        })?;
+        at_least_one(self.rank, "rank")?;
+        at_least_one(self.train.batch, "batch")?;
+        at_least_one(self.teacher.top_k, "top_k")?;
+        at_least_one(self.teacher.per_question, "per_question")?;
+        at_least_one(self.init_questions, "init_questions")?;
+        ensure(self.strength.is_finite(), || {
+            "`strength` must be a finite number".into()
+        })?;
+        ensure(self.train.lr.is_finite() && self.train.lr > 0.0, || {
+            "`lr` must be a positive number".into()
+        })?;
+        let adapter_out = self.emit == BakeEmit::Lora || self.save_adapter.is_some();
+        ensure(!(self.init == Init::Patch && adapter_out), || {
+            "`init` patch changes the weights themselves, which an adapter cannot carry: use \
+             `emit` merged"
+                .into()
+        })?;
+        ensure(!(self.bias && adapter_out), || {
+            "an adapter file cannot carry bias changes: bake without `bias` for `emit` lora or \
+             `save_adapter`"
+                .into()
+        })?;
+        ensure(
+            !(self.refit() && (self.init == Init::Patch || self.bias)),
+            || {
+                "`merge` refit fits the patch to an adapter trained from the unmodified model: use \
+             it with `init` none and without `bias`"
+                    .into()
+            },
+        )?;
+        ensure(!(self.init == Init::Patch && self.strength != 1.0), || {
+            "`strength` scales an adapter trained from the unmodified model: use `init` none \
+             with it (or patch's own strength)"
+                .into()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_bake_is_valid_and_warm_started() {
+        let o = BakeOptions::default();
+        o.validate().unwrap();
+        assert_eq!(
+            Init::default_for(o.emit, o.merge, o.strength, false),
+            o.init
+        );
+        assert_eq!(o.train.steps, Init::Patch.train_defaults().steps);
+    }
+
+    #[test]
+    fn invalid_options_name_their_fields() {
+        let bad = |f: &dyn Fn(&mut BakeOptions)| {
+            let mut o = BakeOptions::default();
+            f(&mut o);
+            o.validate().unwrap_err().0
+        };
+        assert!(bad(&|o| o.rank = 0).contains("`rank`"));
+        assert!(bad(&|o| o.emit = BakeEmit::Lora).contains("`init` patch"));
+        assert!(bad(&|o| {
+            o.init = Init::None;
+            o.merge = Merge::Refit;
+            o.bias = true;
+        })
+        .contains("`merge` refit"));
+        assert_eq!(
+            Init::default_for(BakeEmit::Lora, Merge::Requantize, 1.0, false),
+            Init::None
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! `gguf-sleep eval`: the fidelity measure, printed as text or JSON.
+
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+use super::args::{lines_or, PromptArgs};
+use super::progress::Phases;
+use gguf_sleep::engine::Model;
+use gguf_sleep::eval::{self, EvalOptions};
+use gguf_sleep::text;
+
+/// `eval` arguments.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// the original model (used with the prompt as the teacher)
+    #[arg(long)]
+    base: PathBuf,
+    /// the model to score (used with no prompt)
+    #[arg(long)]
+    candidate: PathBuf,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// held-out questions, one per line (default: the built-in set)
+    #[arg(long, value_name = "FILE")]
+    questions: Option<PathBuf>,
+    /// reply tokens per question
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// skip the neutral-text locality check
+    #[arg(long)]
+    no_locality: bool,
+    /// apply this LoRA adapter (e.g. from `bake --emit lora`) to the candidate, through llama.cpp
+    #[arg(long, value_name = "ADAPTER")]
+    lora: Option<PathBuf>,
+    /// scale of the --lora adapter (llama.cpp's --lora-scaled)
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
+    lora_scale: f32,
+    /// give the candidate the system prompt too: how a baked model behaves when prompted again
+    #[arg(long)]
+    reprompt: bool,
+    /// print JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run `eval`.
+pub fn run(a: EvalArgs) -> Result<()> {
+    let system = a.prompt.text()?;
+    let questions = lines_or(&a.questions, "questions", || text::lines(text::HELDOUT))?;
+    let base = Model::load(&a.base)?;
+    let cand = Model::load(&a.candidate)?;
+    let opts = EvalOptions {
+        max_tokens: a.max_tokens,
+        locality: !a.no_locality,
+        lora: a.lora.clone(),
+        lora_scale: a.lora_scale,
+        reprompt: a.reprompt,
+    };
+    let mut bars = Phases::default();
+    let r = eval::eval(
+        &base,
+        &cand,
+        &system,
+        &questions,
+        &opts,
+        |phase, done, total| bars.update(phase, done, total, None),
+    )?;
+    bars.finish();
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    println!("questions       {}", r.questions);
+    println!("reply tokens    {}", r.tokens);
+    println!("kl_base         {:.4}", r.kl_base);
+    println!("kl_candidate    {:.4}", r.kl_candidate);
+    println!("recovery        {:.3}", r.recovery);
+    println!("top1_base       {:.3}", r.top1_base);
+    println!("top1_candidate  {:.3}", r.top1_candidate);
+    match &r.content {
+        Some(c) => {
+            println!(
+                "content tokens  {}  (reply tokens spelling a word of the prompt)",
+                c.tokens
+            );
+            println!("  kl_base       {:.4}", c.kl_base);
+            println!("  kl_candidate  {:.4}", c.kl_candidate);
+            println!("  recovery      {:.3}", c.recovery);
+            println!("  top1_base     {:.3}", c.top1_base);
+            println!("  top1_candidate {:.3}", c.top1_candidate);
+        }
+        None => println!("content tokens  0  (no reply spelled a word of the prompt)"),
+    }
+    if let Some(l) = r.locality_kl {
+        println!(
+            "locality_kl     {:.5}  ({} neutral tokens)",
+            l, r.locality_tokens
+        );
+    }
+    Ok(())
+}
