@@ -123,3 +123,50 @@ fn eval_of_base_against_itself_recovers_nothing_and_is_local() {
     let (b, _, _) = run(&args);
     assert_eq!(a, b, "eval numbers differ between runs");
 }
+
+/// llama.cpp's runtime flags: `-t` and `-ngl` are taken before or after the command, change
+/// nothing a greedy reply depends on here (CPU build), and a bad value is a one-line error.
+#[test]
+fn llama_cpp_runtime_flags_are_accepted_anywhere() {
+    let m = util::smollm2();
+    let ms = m.to_str().unwrap();
+    let gen = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            ms,
+            "--user",
+            "Name a color.",
+            "--max-tokens",
+            "8",
+        ];
+        args.extend_from_slice(extra);
+        let (out, err, ok) = run(&args);
+        assert!(ok, "{extra:?}: {err}");
+        out
+    };
+    let plain = gen(&[]);
+    assert!(!plain.trim().is_empty());
+    assert_eq!(gen(&["-t", "1"]), plain);
+    assert_eq!(gen(&["--threads", "2", "-ngl", "0", "-s", "7"]), plain);
+    let (out, err, ok) = run(&[
+        "-t",
+        "1",
+        "--n-gpu-layers",
+        "-1",
+        "generate",
+        ms,
+        "--user",
+        "Name a color.",
+        "--max-tokens",
+        "8",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, plain);
+    let (help, _, ok) = run(&["patch", "--help"]);
+    assert!(ok);
+    assert!(
+        help.contains("Runtime:") && help.contains("--threads") && help.contains("--n-gpu-layers"),
+        "{help}"
+    );
+    util::assert_one_line_error(&["-t", "many", "generate", ms, "--user", "x"], "threads");
+}

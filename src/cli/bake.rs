@@ -103,7 +103,7 @@ pub struct BakeArgs {
     #[arg(long, default_value_t = 4)]
     qat_every: usize,
     /// seed for sampling, initialisation and shuffling
-    #[arg(long, default_value_t = 42)]
+    #[arg(short, long, default_value_t = 42)]
     seed: u64,
     /// also write the adapter to this file, as trained in full precision (just before
     /// quantization-aware training starts)

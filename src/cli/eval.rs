@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::args::{lines_or, PromptArgs};
 use super::progress::Phases;
 use gguf_sleep::engine::Model;
-use gguf_sleep::eval::{self, EvalOptions};
+use gguf_sleep::eval::{self, EvalOptions, Figures};
 use gguf_sleep::text;
 
 /// `eval` arguments.
@@ -72,24 +72,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
         return Ok(());
     }
     println!("questions       {}", r.questions);
-    println!("reply tokens    {}", r.tokens);
-    println!("kl_base         {:.4}", r.kl_base);
-    println!("kl_candidate    {:.4}", r.kl_candidate);
-    println!("recovery        {:.3}", r.recovery);
-    println!("top1_base       {:.3}", r.top1_base);
-    println!("top1_candidate  {:.3}", r.top1_candidate);
+    print_figures("reply tokens", &r.all, "");
     match &r.content {
-        Some(c) => {
-            println!(
-                "content tokens  {}  (reply tokens spelling a word of the prompt)",
-                c.tokens
-            );
-            println!("  kl_base       {:.4}", c.kl_base);
-            println!("  kl_candidate  {:.4}", c.kl_candidate);
-            println!("  recovery      {:.3}", c.recovery);
-            println!("  top1_base     {:.3}", c.top1_base);
-            println!("  top1_candidate {:.3}", c.top1_candidate);
-        }
+        Some(c) => print_figures(
+            "content tokens",
+            c,
+            "  (reply tokens spelling a word of the prompt)",
+        ),
         None => println!("content tokens  0  (no reply spelled a word of the prompt)"),
     }
     if let Some(l) = r.locality_kl {
@@ -99,4 +88,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn print_figures(what: &str, f: &Figures, note: &str) {
+    println!("{what:<15} {}{note}", f.tokens);
+    println!("kl_base         {:.4}", f.kl_base);
+    println!("kl_candidate    {:.4}", f.kl_candidate);
+    println!("recovery        {:.3}", f.recovery);
+    println!("top1_base       {:.3}", f.top1_base);
+    println!("top1_candidate  {:.3}", f.top1_candidate);
 }

@@ -38,7 +38,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
     /// sampling seed
-    #[arg(long, default_value_t = 42)]
+    #[arg(short, long, default_value_t = 42)]
     seed: u64,
     /// apply this LoRA adapter GGUF (as written by `bake --emit lora` or `patch --emit lora`)
     #[arg(long, value_name = "ADAPTER")]

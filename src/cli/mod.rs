@@ -19,6 +19,26 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// threads for llama.cpp compute [default: GGUF_SLEEP_THREADS, else all cores]
+    #[arg(
+        short = 't',
+        long,
+        global = true,
+        value_name = "N",
+        help_heading = "Runtime"
+    )]
+    threads: Option<usize>,
+    /// layers to offload to the GPU in a CUDA or Metal build (-1: all; also -ngl, as in
+    /// llama.cpp) [default: all there, none on the CPU]
+    #[arg(
+        long = "n-gpu-layers",
+        visible_alias = "gpu-layers",
+        global = true,
+        value_name = "N",
+        allow_negative_numbers = true,
+        help_heading = "Runtime"
+    )]
+    n_gpu_layers: Option<i32>,
 }
 
 #[derive(Subcommand)]
@@ -42,8 +62,26 @@ enum Cmd {
     Bake(bake::BakeArgs),
 }
 
+/// The command line's arguments with llama.cpp's multi-letter short flag `-ngl` spelled as
+/// its long form, which the parser knows.
+pub fn args() -> impl Iterator<Item = std::ffi::OsString> {
+    std::env::args_os().map(|a| {
+        if a == "-ngl" {
+            "--n-gpu-layers".into()
+        } else {
+            a
+        }
+    })
+}
+
 /// Run the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        gguf_sleep::engine::set_threads(n);
+    }
+    if let Some(n) = cli.n_gpu_layers {
+        gguf_sleep::engine::set_gpu_layers(n);
+    }
     match cli.cmd {
         Cmd::Inspect(a) => files::inspect(a),
         Cmd::Rewrite(a) => files::rewrite(a),
@@ -80,6 +118,17 @@ const FLAGS: [(&str, &str); 21] = [
     ("`edit_type`", "--edit-type"),
 ];
 
+/// A usage error as one line: clap's message without the usage and help hints, its lines
+/// joined.
+pub fn usage_error_line(text: &str) -> String {
+    text.lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// An error and its causes on one line, with option fields named by their flags.
 pub fn one_line(e: &anyhow::Error) -> String {
     let mut msg = format!("{e:#}").replace('\n', " ");
@@ -87,4 +136,27 @@ pub fn one_line(e: &anyhow::Error) -> String {
         msg = msg.replace(field, flag);
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_errors_fold_into_one_line_without_the_hints() {
+        let text = "error: the following required arguments were not provided:\n  --prompt <PROMPT>\n\nUsage: gguf-sleep patch <MODEL>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_error_line(text),
+            "error: the following required arguments were not provided: --prompt <PROMPT>"
+        );
+    }
+
+    #[test]
+    fn library_fields_are_named_as_flags() {
+        let e = anyhow::anyhow!("`init_questions` must be at least 1; `init` patch");
+        assert_eq!(
+            one_line(&e),
+            "--init-calib-size must be at least 1; --init patch"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Process-wide state: llama.cpp's backend and log, the thread counts of llama.cpp and
 //! OpenBLAS, and the allocator's thresholds.
 
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Once;
 
 static INIT: Once = Once::new();
@@ -30,12 +31,43 @@ unsafe extern "C" fn log_callback(
     eprint!("{}", s.to_string_lossy());
 }
 
-/// Threads to use for llama.cpp compute: `GGUF_SLEEP_THREADS`, else all available cores.
+/// Threads set by [`set_threads`] (0: not set).
+static THREADS: AtomicI32 = AtomicI32::new(0);
+
+/// Layers offloaded to a GPU as set by [`set_gpu_layers`] (`i32::MIN`: not set).
+static GPU_LAYERS: AtomicI32 = AtomicI32::new(i32::MIN);
+
+/// Use `n` threads for llama.cpp compute from now on (0: back to the default).
+pub fn set_threads(n: usize) {
+    THREADS.store(n.min(i32::MAX as usize) as i32, Ordering::Relaxed);
+}
+
+/// Threads to use for llama.cpp compute: as [`set_threads`] said, else `GGUF_SLEEP_THREADS`,
+/// else all available cores.
 pub fn default_threads() -> i32 {
-    std::env::var("GGUF_SLEEP_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32))
+    match THREADS.load(Ordering::Relaxed) {
+        n if n > 0 => n,
+        _ => std::env::var("GGUF_SLEEP_THREADS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .filter(|&n: &i32| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32)),
+    }
+}
+
+/// Offload `n` layers to the GPU in models loaded from now on (negative: all; ignored by a
+/// CPU-only build).
+pub fn set_gpu_layers(n: i32) {
+    GPU_LAYERS.store(n, Ordering::Relaxed);
+}
+
+/// Layers to offload: as [`set_gpu_layers`] said, else all in a GPU build and none otherwise.
+pub(crate) fn gpu_layers() -> i32 {
+    match GPU_LAYERS.load(Ordering::Relaxed) {
+        i32::MIN if cfg!(any(feature = "cuda", feature = "metal")) => -1,
+        i32::MIN => 0,
+        n => n,
+    }
 }
 
 unsafe extern "C" {

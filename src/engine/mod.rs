@@ -14,7 +14,9 @@ mod context;
 mod model;
 
 pub use adapter::LoraAdapter;
-pub use backend::{default_threads, retain_freed_memory, with_single_threaded_lapack};
+pub use backend::{
+    default_threads, retain_freed_memory, set_gpu_layers, set_threads, with_single_threaded_lapack,
+};
 pub use batch::Batch;
 pub use codec::{dequantize, quantize, quantize_requires_imatrix, CodecError};
 pub use context::{Captured, Context, ContextOptions};

@@ -50,11 +50,7 @@ impl Model {
         // SAFETY: default params are plain data; the path is a valid C string for the call.
         let ptr = unsafe {
             let mut p = sys::llama_model_default_params();
-            p.n_gpu_layers = if cfg!(any(feature = "cuda", feature = "metal")) {
-                -1
-            } else {
-                0
-            };
+            p.n_gpu_layers = super::backend::gpu_layers();
             sys::llama_model_load_from_file(c.as_ptr(), p)
         };
         if ptr.is_null() {

@@ -53,42 +53,33 @@ impl Default for EvalOptions {
 pub struct EvalReport {
     /// held-out questions used
     pub questions: usize,
-    /// teacher-forced reply tokens scored
+    /// over every teacher-forced reply token
+    #[serde(flatten)]
+    pub all: Figures,
+    /// mean KL(base ‖ candidate) per token on neutral text
+    pub locality_kl: Option<f64>,
+    /// neutral tokens scored
+    pub locality_tokens: usize,
+    /// the same figures on the content positions alone ([`content`]; `None`: no reply spelled
+    /// a word of the prompt). Their `top1_candidate` is the share of the prompt's content words
+    /// the candidate emits itself ("content recovery").
+    pub content: Option<Figures>,
+}
+
+/// KL and top-1 figures over a set of teacher-forced reply positions.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Figures {
+    /// positions scored
     pub tokens: usize,
-    /// mean KL(prompted base ‖ unprompted base) per token
+    /// mean KL(prompted base ‖ unprompted base) per position
     pub kl_base: f64,
-    /// mean KL(prompted base ‖ unprompted candidate) per token
+    /// mean KL(prompted base ‖ unprompted candidate) per position
     pub kl_candidate: f64,
     /// 1 − kl_candidate / kl_base
     pub recovery: f64,
     /// top-1 agreement of the unprompted base with the prompted base
     pub top1_base: f64,
     /// top-1 agreement of the unprompted candidate with the prompted base
-    pub top1_candidate: f64,
-    /// mean KL(base ‖ candidate) per token on neutral text
-    pub locality_kl: Option<f64>,
-    /// neutral tokens scored
-    pub locality_tokens: usize,
-    /// the same figures on the content positions alone (`None`: no reply spelled a word of
-    /// the prompt)
-    pub content: Option<ContentReport>,
-}
-
-/// Fidelity on the content positions of the prompted replies ([`content`]).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ContentReport {
-    /// content positions scored
-    pub tokens: usize,
-    /// mean KL(prompted base ‖ unprompted base) there
-    pub kl_base: f64,
-    /// mean KL(prompted base ‖ unprompted candidate) there
-    pub kl_candidate: f64,
-    /// 1 − kl_candidate / kl_base there
-    pub recovery: f64,
-    /// top-1 agreement of the unprompted base with the prompted base there
-    pub top1_base: f64,
-    /// top-1 agreement of the unprompted candidate with the prompted base there: the share of
-    /// the prompt's content words the candidate would emit itself ("content recovery")
     pub top1_candidate: f64,
 }
 
@@ -112,12 +103,22 @@ impl Sums {
         self.n += 1;
     }
 
-    /// (kl_base, kl_candidate, recovery, top1_base, top1_candidate)
-    fn means(&self) -> (f64, f64, f64, f64, f64) {
+    /// The means, over the positions added.
+    fn figures(&self) -> Figures {
         let n = self.n.max(1) as f64;
-        let (b, c) = (self.kl_b / n, self.kl_c / n);
-        let recovery = if b > 0.0 { 1.0 - c / b } else { 0.0 };
-        (b, c, recovery, self.t1_b as f64 / n, self.t1_c as f64 / n)
+        let (kl_base, kl_candidate) = (self.kl_b / n, self.kl_c / n);
+        Figures {
+            tokens: self.n,
+            kl_base,
+            kl_candidate,
+            recovery: if kl_base > 0.0 {
+                1.0 - kl_candidate / kl_base
+            } else {
+                0.0
+            },
+            top1_base: self.t1_b as f64 / n,
+            top1_candidate: self.t1_c as f64 / n,
+        }
     }
 }
 
@@ -214,18 +215,7 @@ pub fn eval(
     if all.n == 0 {
         bail!("the prompted model produced no reply tokens");
     }
-    let (kl_base, kl_candidate, recovery, top1_base, top1_candidate) = all.means();
-    let content = (on_content.n > 0).then(|| {
-        let (kl_base, kl_candidate, recovery, top1_base, top1_candidate) = on_content.means();
-        ContentReport {
-            tokens: on_content.n,
-            kl_base,
-            kl_candidate,
-            recovery,
-            top1_base,
-            top1_candidate,
-        }
-    });
+    let content = (on_content.n > 0).then(|| on_content.figures());
     let (locality_kl, locality_tokens) = if opts.locality {
         let (v, t) = locality(&mut bctx, &mut cctx)?;
         (Some(v), t)
@@ -234,12 +224,7 @@ pub fn eval(
     };
     Ok(EvalReport {
         questions: questions.len(),
-        tokens: all.n,
-        kl_base,
-        kl_candidate,
-        recovery,
-        top1_base,
-        top1_candidate,
+        all: all.figures(),
         locality_kl,
         locality_tokens,
         content,
