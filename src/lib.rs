@@ -13,7 +13,8 @@
 //! - [`store`]: edits requantized to stored types (output-aware rounding), provenance, output
 //!   paths and scratch files; [`export`]: adapters, control vectors, Ollama Modelfiles;
 //!
-//! with [`eval`], [`inspect`] and [`diff`] beside them. [`options`] is the error every stage's
+//! with [`eval`], [`inspect`] and [`diff`] beside them, and [`synth`]: random-weight models of
+//! real architectures, for measuring cost at sizes no test model has. [`options`] is the error every stage's
 //! option checks return.
 
 #![deny(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod material;
 pub mod options;
 pub mod patch;
 pub mod store;
+pub mod synth;
 #[cfg(test)]
 mod testing;
 pub mod text;

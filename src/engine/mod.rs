@@ -12,6 +12,7 @@ mod batch;
 mod codec;
 mod context;
 mod model;
+mod quantize;
 
 pub use adapter::LoraAdapter;
 pub use backend::{
@@ -21,3 +22,4 @@ pub use batch::Batch;
 pub use codec::{dequantize, quantize, quantize_requires_imatrix, CodecError};
 pub use context::{Captured, Context, ContextOptions};
 pub use model::{Model, ModelInfo};
+pub use quantize::{quantize_model, FileType};
