@@ -130,38 +130,27 @@ fn eval_of_base_against_itself_recovers_nothing_and_is_local() {
 fn llama_cpp_runtime_flags_are_accepted_anywhere() {
     let m = util::smollm2();
     let ms = m.to_str().unwrap();
-    let gen = |extra: &[&str]| {
-        let mut args = vec![
+    // `before` goes ahead of the command, `after` behind its arguments.
+    let gen = |before: &[&str], after: &[&str]| {
+        let mut args = before.to_vec();
+        args.extend([
             "generate",
             ms,
             "--user",
             "Name a color.",
             "--max-tokens",
             "8",
-        ];
-        args.extend_from_slice(extra);
+        ]);
+        args.extend_from_slice(after);
         let (out, err, ok) = run(&args);
-        assert!(ok, "{extra:?}: {err}");
+        assert!(ok, "{args:?}: {err}");
         out
     };
-    let plain = gen(&[]);
+    let plain = gen(&[], &[]);
     assert!(!plain.trim().is_empty());
-    assert_eq!(gen(&["-t", "1"]), plain);
-    assert_eq!(gen(&["--threads", "2", "-ngl", "0", "-s", "7"]), plain);
-    let (out, err, ok) = run(&[
-        "-t",
-        "1",
-        "--n-gpu-layers",
-        "-1",
-        "generate",
-        ms,
-        "--user",
-        "Name a color.",
-        "--max-tokens",
-        "8",
-    ]);
-    assert!(ok, "{err}");
-    assert_eq!(out, plain);
+    assert_eq!(gen(&[], &["-t", "1"]), plain);
+    assert_eq!(gen(&[], &["--threads", "2", "-ngl", "0", "-s", "7"]), plain);
+    assert_eq!(gen(&["-t", "1", "--n-gpu-layers", "-1"], &[]), plain);
     let (help, _, ok) = run(&["patch", "--help"]);
     assert!(ok);
     assert!(

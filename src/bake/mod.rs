@@ -92,17 +92,7 @@ pub fn bake(
             drop(original);
             let t = Instant::now();
             let tmp = output::scratch_file(output, Scratch::Patch)?;
-            warm::run_patch(
-                input,
-                tmp.path(),
-                system,
-                &data.train,
-                opts.init_questions,
-                opts.edit_type,
-                opts.teacher.max_tokens,
-                None,
-                progress,
-            )?;
+            warm::run_patch(input, tmp.path(), system, &data.train, opts, None, progress)?;
             let file = gguf::GgufFile::open(tmp.path())?;
             let student = Student::load(&file)?;
             let kl = train::mean_kl(&student, &LoraSet::default(), &data.val, opts.train.batch)?;
@@ -168,9 +158,7 @@ pub fn bake(
                 output,
                 system,
                 &data.train,
-                opts.init_questions,
-                opts.edit_type,
-                opts.teacher.max_tokens,
+                opts,
                 Some(refit),
                 progress,
             )?;

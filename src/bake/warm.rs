@@ -5,10 +5,11 @@
 use anyhow::Result;
 use std::path::Path;
 
+use super::options::BakeOptions;
 use super::report::Progress;
 use super::teacher::Example;
 use crate::patch::{self, PatchOptions, Supplied};
-use crate::store::{EditType, Provenance};
+use crate::store::Provenance;
 
 /// What `--merge refit` hands the patch: the adapter whose activations are its targets, and
 /// bake's provenance to record over the patch's own.
@@ -20,26 +21,24 @@ pub struct Refit<'a> {
 }
 
 /// Run the training-free patch (its defaults: `down`, sequential, output-aware rounding; stored
-/// as `edit_type`) into `out`, fitted on at most `n_questions` of the training questions (never
-/// the validation ones) with the teacher's sampled replies as its replies. Its targets are the
-/// prompted model's activations, or with `refit` those of the model with its adapter.
-#[allow(clippy::too_many_arguments)]
+/// as `opts.edit_type`) into `out`, fitted on at most `opts.init_questions` of the training
+/// questions (never the validation ones) with the teacher's sampled replies as its replies. Its
+/// targets are the prompted model's activations, or with `refit` those of the model with its
+/// adapter.
 pub fn run_patch(
     input: &Path,
     out: &Path,
     system: &str,
     train_set: &[Example],
-    n_questions: usize,
-    edit_type: EditType,
-    max_tokens: usize,
+    opts: &BakeOptions,
     refit: Option<Refit>,
     progress: Progress,
 ) -> Result<patch::PatchReport> {
-    let (questions, replies) = init_material(train_set, n_questions);
+    let (questions, replies) = init_material(train_set, opts.init_questions);
     let popts = PatchOptions {
         questions,
-        edit_type,
-        max_tokens,
+        edit_type: opts.edit_type,
+        max_tokens: opts.teacher.max_tokens,
         ..PatchOptions::default()
     };
     let (teacher_lora, then) = match refit {

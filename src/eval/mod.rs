@@ -94,13 +94,24 @@ struct Sums {
 }
 
 impl Sums {
-    fn add(&mut self, teacher: &[f32], unprompted: &[f32], cand: &[f32]) {
-        self.kl_b += kl(teacher, unprompted);
-        self.kl_c += kl(teacher, cand);
+    /// The sums of one position's figures.
+    fn one(teacher: &[f32], unprompted: &[f32], cand: &[f32]) -> Sums {
         let top = argmax(teacher);
-        self.t1_b += (argmax(unprompted) == top) as usize;
-        self.t1_c += (argmax(cand) == top) as usize;
-        self.n += 1;
+        Sums {
+            kl_b: kl(teacher, unprompted),
+            kl_c: kl(teacher, cand),
+            t1_b: (argmax(unprompted) == top) as usize,
+            t1_c: (argmax(cand) == top) as usize,
+            n: 1,
+        }
+    }
+
+    fn add(&mut self, o: &Sums) {
+        self.kl_b += o.kl_b;
+        self.kl_c += o.kl_c;
+        self.t1_b += o.t1_b;
+        self.t1_c += o.t1_c;
+        self.n += o.n;
     }
 
     /// The means, over the positions added.
@@ -205,9 +216,10 @@ pub fn eval(
             .collect();
         let marked = content::content_positions(&pieces, system, q);
         for j in 0..reply.len() {
-            all.add(&teacher[j], &unprompted[j], &cand[j]);
+            let here = Sums::one(&teacher[j], &unprompted[j], &cand[j]);
+            all.add(&here);
             if marked[j] {
-                on_content.add(&teacher[j], &unprompted[j], &cand[j]);
+                on_content.add(&here);
             }
         }
         progress("scoring", qi + 1, questions.len());

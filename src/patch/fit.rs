@@ -55,8 +55,12 @@ pub fn solve_layer(
 
 /// The rows `[start, start+len)` of every captured matrix.
 pub fn slice_rows(c: Capture, start: usize, len: usize) -> Rows {
-    c.tensors
-        .into_iter()
+    slice_rows_of(c.tensors, start, len)
+}
+
+/// The rows `[start, start+len)` of every matrix in `rows`.
+pub fn slice_rows_of(rows: Rows, start: usize, len: usize) -> Rows {
+    rows.into_iter()
         .map(|(k, m)| {
             let data = m.data[start * m.cols..(start + len) * m.cols].to_vec();
             (
@@ -69,16 +73,4 @@ pub fn slice_rows(c: Capture, start: usize, len: usize) -> Rows {
             )
         })
         .collect()
-}
-
-/// The rows `[start, start+len)` of every matrix in `rows`.
-pub fn slice_rows_of(rows: Rows, start: usize, len: usize) -> Rows {
-    slice_rows(
-        Capture {
-            tensors: rows,
-            ..Default::default()
-        },
-        start,
-        len,
-    )
 }

@@ -19,10 +19,11 @@ use crate::material::Pair;
 use crate::store::{self, Delta};
 use crate::text::is_validation;
 
-/// Layers to capture for fitting `layers`: plus the one before in parallel mode (increments).
-fn capture_layers(layers: &[usize], with_prev: bool) -> Vec<usize> {
+/// Layers to capture for fitting `layers`: they and the one before (its output is what each
+/// layer's increment is measured from).
+fn capture_layers(layers: &[usize]) -> Vec<usize> {
     let mut v = layers.to_vec();
-    if with_prev && layers[0] > 0 {
+    if layers[0] > 0 {
         v.insert(0, layers[0] - 1);
     }
     v
@@ -48,7 +49,7 @@ pub fn fit(
     crate::engine::retain_freed_memory();
     let t = Instant::now();
     let (pk, uk) = method::kinds(opts.method, arch);
-    let cl = capture_layers(layers, true);
+    let cl = capture_layers(layers);
     let mut preq = Request::new(&pk, cl.iter().copied());
     let mut ureq = Request::new(&uk, cl.iter().copied());
     (preq.stop_early, ureq.stop_early) = (true, true);
