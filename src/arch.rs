@@ -138,6 +138,9 @@ pub const FAMILIES: [Family; 4] = [
     },
 ];
 
+/// What a refusal of a family suggests instead.
+const INSTEAD: &str = "give this model the prompt as a system prompt at run time instead";
+
 impl Family {
     /// The family of `general.architecture = name`; an unknown or refused one is an error that
     /// says which are known.
@@ -145,11 +148,11 @@ impl Family {
         let Some(f) = FAMILIES.iter().find(|f| f.names.contains(&name)) else {
             bail!(
                 "unsupported architecture '{name}': gguf-sleep knows llama, mistral, qwen2, qwen3 \
-                 and gemma3"
+                 and gemma3; {INSTEAD}"
             );
         };
         if let Some(why) = f.refused {
-            bail!("unsupported architecture '{name}': {why}");
+            bail!("unsupported architecture '{name}': {why}; {INSTEAD}");
         }
         Ok(f)
     }

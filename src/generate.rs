@@ -90,11 +90,12 @@ fn run(
     let par = opts.parallel.max(1).min(prompts.len().max(1));
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let per_seq = longest + opts.max_tokens + 1;
-    if per_seq > model.info().n_ctx_train.max(512) {
+    let limit = model.ctx_size().max(512);
+    if per_seq > limit {
         bail!(
-            "a prompt of {longest} tokens plus {} reply tokens exceeds the model's context of {}",
+            "a prompt of {longest} tokens plus {} reply tokens exceeds the {limit}-token context \
+             (`ctx_size`): shorten the prompt or lower `max_tokens`",
             opts.max_tokens,
-            model.info().n_ctx_train
         );
     }
     let n_ctx = (per_seq * par).next_multiple_of(256) as u32;

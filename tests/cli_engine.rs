@@ -124,8 +124,9 @@ fn eval_of_base_against_itself_recovers_nothing_and_is_local() {
     assert_eq!(a, b, "eval numbers differ between runs");
 }
 
-/// llama.cpp's runtime flags: `-t` and `-ngl` are taken before or after the command, change
-/// nothing a greedy reply depends on here (CPU build), and a bad value is a one-line error.
+/// llama.cpp's runtime flags: `-t`, `-ngl` and `-c` are taken before or after the command,
+/// change nothing a greedy reply depends on here (CPU build), and a bad value is a one-line
+/// error; `--help` is grouped by concern.
 #[test]
 fn llama_cpp_runtime_flags_are_accepted_anywhere() {
     let m = util::smollm2();
@@ -158,4 +159,21 @@ fn llama_cpp_runtime_flags_are_accepted_anywhere() {
         "{help}"
     );
     util::assert_one_line_error(&["-t", "many", "generate", ms, "--user", "x"], "threads");
+    for heading in ["Input and output:", "Method:", "Calibration:", "Storage:"] {
+        assert!(help.contains(heading), "no {heading} in patch --help: {help}");
+    }
+
+    // -c/--ctx-size: a context that holds the conversation changes nothing; one too small for
+    // the prompt or the reply is refused in one line that says what to change.
+    assert_eq!(gen(&["-c", "1024"], &[]), plain);
+    util::assert_one_line_error(
+        &["generate", ms, "--user", "Name a color.", "-c", "16", "--max-tokens", "600"],
+        "lower --max-tokens",
+    );
+    let long = "You are a pirate. ".repeat(40);
+    util::assert_one_line_error(
+        &["-c", "128", "patch", ms, "--prompt", &long, "-o", "/tmp/never-written.gguf"],
+        "raise -c/--ctx-size",
+    );
+    assert!(!std::path::Path::new("/tmp/never-written.gguf").exists());
 }

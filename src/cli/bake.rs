@@ -16,101 +16,101 @@ use gguf_sleep::bake::{
 pub struct BakeArgs {
     /// the .gguf model (left untouched)
     model: PathBuf,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Input and output")]
     prompt: PromptArgs,
     /// where to write the baked model (or the adapter, with --emit lora)
-    #[arg(short, long)]
+    #[arg(short, long, help_heading = "Input and output")]
     output: PathBuf,
     /// optimizer steps [default: 32 with the warm start, 96 from the unmodified model]
-    #[arg(long)]
+    #[arg(long, help_heading = "Training")]
     steps: Option<usize>,
     /// adapter rank
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, help_heading = "Training")]
     rank: usize,
     /// Adam learning rate (decays linearly to a tenth)
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 2e-3, help_heading = "Training")]
     lr: f64,
     /// trajectories per step [default: 8 with the warm start, 4 from the unmodified model]
-    #[arg(long)]
+    #[arg(long, help_heading = "Training")]
     batch: Option<usize>,
     /// replies sampled from the prompted model per calibration question
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, help_heading = "Calibration and teacher")]
     trajectories: usize,
     /// sampling temperature of the teacher's replies
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, help_heading = "Calibration and teacher")]
     temperature: f32,
     /// projections that get adapters: attn (q, k, v, output), mlp (gate, up, down), all
-    #[arg(long, value_enum, default_value_t = TargetsArg::All)]
+    #[arg(long, value_enum, default_value_t = TargetsArg::All, help_heading = "Training")]
     targets: TargetsArg,
     /// start from the unmodified model, or from the training-free patch (its default method,
     /// merged and requantized), training adapters on top of the patched weights [default: patch
     /// for a merged output at full strength; none with --emit lora, --strength, --save-adapter
     /// or --merge refit, which need an adapter trained from the unmodified model]
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help_heading = "Calibration and teacher")]
     init: Option<InitArg>,
     /// calibration questions the warm start's (or --merge refit's) patch fits on (spread over
     /// the training questions, with the teacher's replies)
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(long, value_name = "N", default_value_t = 128, help_heading = "Calibration and teacher")]
     init_calib_size: usize,
     /// scale of the trained adapter; 0 writes the model unchanged
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, help_heading = "Training")]
     strength: f32,
     /// what to write: merged (the baked model, requantized) or lora (an adapter for --lora)
-    #[arg(long, value_enum, default_value_t = EmitArg::Merged)]
+    #[arg(long, value_enum, default_value_t = EmitArg::Merged, help_heading = "Input and output")]
     emit: EmitArg,
     /// how a merged output takes in the trained adapter: requantize (W + B·A of every adapted
     /// matrix in its own type, with quantization-aware training) or refit (the adapter, trained
     /// in full precision, becomes the teacher of `patch`'s sequential `down` fit, which is
     /// stored in the file's own types; implies --init none)
-    #[arg(long, value_enum, default_value_t = MergeArg::Requantize)]
+    #[arg(long, value_enum, default_value_t = MergeArg::Requantize, help_heading = "Storage")]
     merge: MergeArg,
     /// also train a change to the biases of attn_output and ffn_down, stored exactly (F32) in
     /// a merged output; an adapter file cannot carry them
-    #[arg(long, conflicts_with = "save_adapter")]
+    #[arg(long, conflicts_with = "save_adapter", help_heading = "Training")]
     bias: bool,
     /// storage of merged matrices: same (requantize to the original type), q8_0, f16, f32
-    #[arg(long, value_enum, default_value_t = EditTypeArg::Same)]
+    #[arg(long, value_enum, default_value_t = EditTypeArg::Same, help_heading = "Storage")]
     edit_type: EditTypeArg,
     /// how the trained adapters are rounded when merged into a quantized type: nearest (what
     /// quantization-aware training trains against) or output (each weight up or down so that the
     /// layer's output on the trajectories stays closest; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0); the warm
     /// start's patch always rounds to keep each layer's output, as `patch` does by default
-    #[arg(long, value_enum, default_value_t = RoundingArg::Nearest)]
+    #[arg(long, value_enum, default_value_t = RoundingArg::Nearest, help_heading = "Storage")]
     rounding: RoundingArg,
     /// calibration questions, one per line (default: the built-in set, as for patch)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Calibration and teacher")]
     calib: Option<PathBuf>,
     /// use only the first N calibration questions
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Calibration and teacher")]
     calib_size: Option<usize>,
     /// most reply tokens per trajectory
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, help_heading = "Calibration and teacher")]
     max_tokens: usize,
     /// teacher log-probabilities kept per position (the rest is one tail bucket)
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, help_heading = "Training")]
     top_k: usize,
     /// validate every N steps [default: 8 with the warm start, 16 from the unmodified model]
-    #[arg(long)]
+    #[arg(long, help_heading = "Training")]
     eval_every: Option<usize>,
     /// quantization-aware training from this step on (merged output): the student runs the
     /// adapted matrices requantized as they will be stored [default: two thirds of --steps]
-    #[arg(long, value_name = "STEP", conflicts_with = "no_qat")]
+    #[arg(long, value_name = "STEP", conflicts_with = "no_qat", help_heading = "Storage")]
     qat_from: Option<usize>,
     /// train in full precision to the end (the merged output is requantized only when written)
-    #[arg(long)]
+    #[arg(long, help_heading = "Storage")]
     no_qat: bool,
     /// refresh the requantized matrices every N steps during quantization-aware training
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, help_heading = "Storage")]
     qat_every: usize,
     /// seed for sampling, initialisation and shuffling
-    #[arg(short, long, default_value_t = 42)]
+    #[arg(short, long, default_value_t = 42, help_heading = "Training")]
     seed: u64,
     /// also write the adapter to this file, as trained in full precision (just before
     /// quantization-aware training starts)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Input and output")]
     save_adapter: Option<PathBuf>,
     /// print the summary as JSON on stdout
-    #[arg(long)]
+    #[arg(long, help_heading = "Input and output")]
     json: bool,
 }
 

@@ -14,33 +14,33 @@ use gguf_sleep::text;
 #[derive(Args)]
 pub struct EvalArgs {
     /// the original model (used with the prompt as the teacher)
-    #[arg(long)]
+    #[arg(long, help_heading = "Models and prompt")]
     base: PathBuf,
     /// the model to score (used with no prompt)
-    #[arg(long)]
+    #[arg(long, help_heading = "Models and prompt")]
     candidate: PathBuf,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Models and prompt")]
     prompt: PromptArgs,
     /// held-out questions, one per line (default: the built-in set)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Measure")]
     questions: Option<PathBuf>,
     /// reply tokens per question
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, help_heading = "Measure")]
     max_tokens: usize,
     /// skip the neutral-text locality check
-    #[arg(long)]
+    #[arg(long, help_heading = "Measure")]
     no_locality: bool,
     /// apply this LoRA adapter (e.g. from `bake --emit lora`) to the candidate, through llama.cpp
-    #[arg(long, value_name = "ADAPTER")]
+    #[arg(long, value_name = "ADAPTER", help_heading = "Models and prompt")]
     lora: Option<PathBuf>,
     /// scale of the --lora adapter (llama.cpp's --lora-scaled)
-    #[arg(long, default_value_t = 1.0, requires = "lora")]
+    #[arg(long, default_value_t = 1.0, requires = "lora", help_heading = "Models and prompt")]
     lora_scale: f32,
     /// give the candidate the system prompt too: how a baked model behaves when prompted again
-    #[arg(long)]
+    #[arg(long, help_heading = "Models and prompt")]
     reprompt: bool,
     /// print JSON on stdout
-    #[arg(long)]
+    #[arg(long, help_heading = "Measure")]
     json: bool,
 }
 

@@ -16,38 +16,39 @@ pub struct GenerateArgs {
     /// the .gguf model
     model: PathBuf,
     /// system prompt (none by default: the template's own default applies, if it has one)
-    #[arg(long, conflicts_with = "system_file")]
+    #[arg(long, conflicts_with = "system_file", help_heading = "Conversation")]
     system: Option<String>,
     /// read the system prompt from a file
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Conversation")]
     system_file: Option<PathBuf>,
     /// the user's message
     #[arg(
         long,
         conflicts_with = "user_file",
-        required_unless_present = "user_file"
+        required_unless_present = "user_file",
+        help_heading = "Conversation"
     )]
     user: Option<String>,
     /// one user message per line
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Conversation")]
     user_file: Option<PathBuf>,
     /// most tokens per reply
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, help_heading = "Sampling")]
     max_tokens: usize,
     /// sampling temperature (0 = greedy)
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, help_heading = "Sampling")]
     temperature: f32,
     /// sampling seed
-    #[arg(short, long, default_value_t = 42)]
+    #[arg(short, long, default_value_t = 42, help_heading = "Sampling")]
     seed: u64,
     /// apply this LoRA adapter GGUF (as written by `bake --emit lora` or `patch --emit lora`)
-    #[arg(long, value_name = "ADAPTER")]
+    #[arg(long, value_name = "ADAPTER", help_heading = "Adapter")]
     lora: Option<PathBuf>,
     /// scale of the adapter (0 = the model alone)
-    #[arg(long, default_value_t = 1.0, requires = "lora")]
+    #[arg(long, default_value_t = 1.0, requires = "lora", help_heading = "Adapter")]
     lora_scale: f32,
     /// one JSON object per line: {"user": …, "reply": …}
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     json: bool,
 }
 

@@ -39,6 +39,15 @@ pub struct Cli {
         help_heading = "Runtime"
     )]
     n_gpu_layers: Option<i32>,
+    /// tokens one conversation may use [default: the model's training context]
+    #[arg(
+        short = 'c',
+        long,
+        global = true,
+        value_name = "N",
+        help_heading = "Runtime"
+    )]
+    ctx_size: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +91,9 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.n_gpu_layers {
         gguf_sleep::engine::set_gpu_layers(n);
     }
+    if let Some(n) = cli.ctx_size {
+        gguf_sleep::engine::set_ctx_size(n);
+    }
     match cli.cmd {
         Cmd::Inspect(a) => files::inspect(a),
         Cmd::Rewrite(a) => files::rewrite(a),
@@ -94,7 +106,9 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// The library names option fields in backticks; each is the flag that sets it here.
-const FLAGS: [(&str, &str); 21] = [
+const FLAGS: [(&str, &str); 23] = [
+    ("`ctx_size`", "-c/--ctx-size"),
+    ("`max_tokens`", "--max-tokens"),
     ("`rank`", "--rank"),
     ("`batch`", "--batch"),
     ("`lr`", "--lr"),

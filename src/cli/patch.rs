@@ -14,75 +14,75 @@ use gguf_sleep::patch::{self, Emit, Lambda, Method, PatchOptions, PatchReport};
 pub struct PatchArgs {
     /// the .gguf model to patch (left untouched unless --in-place)
     model: PathBuf,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Input and output")]
     prompt: PromptArgs,
     /// where to write the patched model
-    #[arg(short, long, required_unless_present_any = ["in_place", "ollama"])]
+    #[arg(short, long, required_unless_present_any = ["in_place", "ollama"], help_heading = "Input and output")]
     output: Option<PathBuf>,
     /// write the patched model and an Ollama Modelfile (no SYSTEM line) into DIR, and print
     /// the `ollama create` command
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["output", "in_place"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["output", "in_place"], help_heading = "Input and output")]
     ollama: Option<PathBuf>,
     /// method: down (output-side least squares, default), matrix (thought matrices on the MLP
     /// input), vector (thought vector bias after attention), cvec (vector at each block's
     /// output, exportable as a control vector), sleep (value-bias correction)
-    #[arg(long, value_enum, default_value_t = MethodArg::Down)]
+    #[arg(long, value_enum, default_value_t = MethodArg::Down, help_heading = "Method")]
     method: MethodArg,
     /// scale of every edit; 0 writes the model unchanged
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, help_heading = "Method")]
     strength: f32,
     /// layers to edit, e.g. 4..30 (default: all)
-    #[arg(long, value_name = "RANGE")]
+    #[arg(long, value_name = "RANGE", help_heading = "Method")]
     layers: Option<String>,
     /// calibration questions, one per line (default: 134 built-in general questions, then 20
     /// about the assistant itself, three times)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Calibration")]
     calib: Option<PathBuf>,
     /// use only the first N calibration questions
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Calibration")]
     calib_size: Option<usize>,
     /// fit layer by layer, each on activations recomputed with the earlier layers patched
     /// (the default for down, matrix and vector)
-    #[arg(long, conflicts_with = "parallel")]
+    #[arg(long, conflicts_with = "parallel", help_heading = "Method")]
     sequential: bool,
     /// fit every layer in one pass on the unpatched model (faster, much less faithful)
-    #[arg(long)]
+    #[arg(long, help_heading = "Method")]
     parallel: bool,
     /// ridge λ relative to the mean feature power: auto (validated) or a number
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", help_heading = "Method")]
     ridge: String,
     /// storage of edited weight matrices: same (requantize to the original type), q8_0, f16, f32
-    #[arg(long, value_enum, default_value_t = EditTypeArg::Same)]
+    #[arg(long, value_enum, default_value_t = EditTypeArg::Same, help_heading = "Storage")]
     edit_type: EditTypeArg,
     /// how edited matrices are rounded to a quantized type: output (each weight rounded up or
     /// down so that the layer's output on the calibration inputs stays closest to the edit's;
     /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) or nearest (each weight to its nearest grid value)
-    #[arg(long, value_enum, default_value_t = RoundingArg::Output)]
+    #[arg(long, value_enum, default_value_t = RoundingArg::Output, help_heading = "Storage")]
     rounding: RoundingArg,
     /// sleep: α for every layer and head (default: measured from attention)
-    #[arg(long)]
+    #[arg(long, help_heading = "Method")]
     alpha: Option<f64>,
     /// sleep: β, the prompt's strength in eq. 10
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, help_heading = "Method")]
     beta: f64,
     /// reply tokens generated per calibration question
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, help_heading = "Calibration")]
     max_tokens: usize,
     /// write over the input model
-    #[arg(long)]
+    #[arg(long, help_heading = "Input and output")]
     in_place: bool,
     /// what to write: merged (the patched model), lora (an adapter llama.cpp loads with
     /// --lora; down or matrix), cvec (a control vector for --control-vector; method cvec)
-    #[arg(long, value_enum, default_value_t = EmitArg::Merged)]
+    #[arg(long, value_enum, default_value_t = EmitArg::Merged, help_heading = "Input and output")]
     emit: EmitArg,
     /// down: fit no ffn_down.bias, only the weight matrix (what --emit lora fits)
-    #[arg(long)]
+    #[arg(long, help_heading = "Method")]
     no_bias: bool,
     /// --emit lora: most rank per matrix (the SVD is truncated; exact at min(rows, cols))
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, help_heading = "Method")]
     lora_rank: usize,
     /// print the summary as JSON on stdout
-    #[arg(long)]
+    #[arg(long, help_heading = "Input and output")]
     json: bool,
     /// also time a plain prefill of the calibration tokens (for benchmarks)
     #[arg(long, hide = true)]

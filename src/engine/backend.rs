@@ -1,7 +1,7 @@
 //! Process-wide state: llama.cpp's backend and log, the thread counts of llama.cpp and
 //! OpenBLAS, and the allocator's thresholds.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Once;
 
 static INIT: Once = Once::new();
@@ -36,6 +36,20 @@ static THREADS: AtomicI32 = AtomicI32::new(0);
 
 /// Layers offloaded to a GPU as set by [`set_gpu_layers`] (`i32::MIN`: not set).
 static GPU_LAYERS: AtomicI32 = AtomicI32::new(i32::MIN);
+
+/// Context size set by [`set_ctx_size`] (0: not set).
+static CTX_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// Let one conversation use up to `n` tokens of context from now on (0: back to each model's
+/// training context), as llama.cpp's `-c` does.
+pub fn set_ctx_size(n: usize) {
+    CTX_SIZE.store(n, Ordering::Relaxed);
+}
+
+/// The context size [`set_ctx_size`] set, if any.
+pub(crate) fn ctx_size() -> Option<usize> {
+    Some(CTX_SIZE.load(Ordering::Relaxed)).filter(|&n| n > 0)
+}
 
 /// Use `n` threads for llama.cpp compute from now on (0: back to the default).
 pub fn set_threads(n: usize) {

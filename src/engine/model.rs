@@ -95,6 +95,12 @@ impl Model {
         &self.info
     }
 
+    /// Tokens one conversation may use: the context size set by
+    /// [`set_ctx_size`](super::set_ctx_size), else the model's training context.
+    pub fn ctx_size(&self) -> usize {
+        super::backend::ctx_size().unwrap_or(self.info.n_ctx_train)
+    }
+
     /// The file it was loaded from.
     pub fn path(&self) -> &Path {
         &self.path

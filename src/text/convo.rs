@@ -42,11 +42,16 @@ pub fn prompt_tokens(
 pub fn check_prompt_fits(model: &Model, system: &str) -> Result<()> {
     let fmt = ChatFormat::for_model(model)?;
     let n = prompt_tokens(model, &fmt, Some(system), "Hi")?.len();
-    let n_ctx = model.info().n_ctx_train;
+    let (n_ctx, trained) = (model.ctx_size(), model.info().n_ctx_train);
     if n + 64 > n_ctx {
+        let raise = if n_ctx < trained {
+            format!(" or raise `ctx_size` (the model was trained on {trained})")
+        } else {
+            String::new()
+        };
         bail!(
-            "the system prompt takes {n} tokens, which leaves no room in the model's {n_ctx}-token \
-             context: shorten it"
+            "the system prompt takes {n} tokens, which leaves no room in a {n_ctx}-token \
+             context: shorten it{raise}"
         );
     }
     Ok(())
