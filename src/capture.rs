@@ -75,14 +75,54 @@ pub struct Capture {
 /// Run `tokens` (one sequence from position 0, cache cleared first) through `ctx` and return
 /// the requested activations, one row per token.
 pub fn run(ctx: &mut Context, tokens: &[i32], req: &Request) -> Result<Capture> {
-    run_input(ctx, Input::Tokens(tokens), req)
+    run_input(ctx, Input::Tokens(tokens), 0, req)
 }
 
 /// Like [`run`], with input embeddings (`rows × n_embd`, row-major) fed to the first layer in
 /// place of token embeddings: how a single layer cut out of a model runs on the residual
 /// stream captured from the full one.
 pub fn run_embeddings(ctx: &mut Context, rows: &Matrix, req: &Request) -> Result<Capture> {
-    run_input(ctx, Input::Embeddings(rows), req)
+    run_input(ctx, Input::Embeddings(rows), 0, req)
+}
+
+/// Captures of conversations that start alike (the system prompt and the template's text):
+/// the tokens before the rows a caller needs stay in the KV cache (sequence 0) between runs,
+/// so each conversation decodes only what differs from the one before.
+#[derive(Debug, Default)]
+pub struct Shared {
+    cached: Vec<i32>,
+}
+
+impl Shared {
+    /// [`run`] for the rows of `tokens[from..]` only (row 0 is token `from`), with
+    /// `tokens[..from]` as their context: the part of it the previous run left in `ctx`'s
+    /// cache is kept, the rest decoded once.
+    pub fn run(
+        &mut self,
+        ctx: &mut Context,
+        tokens: &[i32],
+        from: usize,
+        req: &Request,
+    ) -> Result<Capture> {
+        if from >= tokens.len() {
+            bail!("no tokens to capture after position {from}");
+        }
+        let keep = self
+            .cached
+            .iter()
+            .zip(&tokens[..from])
+            .take_while(|(a, b)| a == b)
+            .count();
+        if keep == 0 {
+            ctx.clear();
+        } else {
+            ctx.remove(0, keep as i32, -1);
+        }
+        self.cached.truncate(keep);
+        ctx.prefill(&tokens[keep..from], keep, 0)?;
+        self.cached.extend_from_slice(&tokens[keep..from]);
+        run_input(ctx, Input::Tokens(&tokens[from..]), from, req)
+    }
 }
 
 enum Input<'a> {
@@ -90,7 +130,9 @@ enum Input<'a> {
     Embeddings(&'a Matrix),
 }
 
-fn run_input(ctx: &mut Context, input: Input, req: &Request) -> Result<Capture> {
+/// Decode `input` at positions `start..` of sequence 0 and collect `req`; with `start` 0 the
+/// cache is cleared first, else it must hold the first `start` positions and nothing after.
+fn run_input(ctx: &mut Context, input: Input, start: usize, req: &Request) -> Result<Capture> {
     let arch = ctx.model().info().arch.clone();
     let n_head = ctx.model().info().n_head;
     let n_tokens = match input {
@@ -113,7 +155,9 @@ fn run_input(ctx: &mut Context, input: Input, req: &Request) -> Result<Capture> 
         names.insert(full.clone());
         wanted.push((kind, layer, full));
     }
-    ctx.clear();
+    if start == 0 {
+        ctx.clear();
+    }
     let last = req.items.iter().map(|&(_, l)| l).max();
     match last {
         Some(last) if req.stop_early && !req.logits => ctx.set_capture_until(names, last),
@@ -126,7 +170,7 @@ fn run_input(ctx: &mut Context, input: Input, req: &Request) -> Result<Capture> 
         Input::Tokens(tokens) => {
             let mut batch = Batch::new(n_tokens);
             for (i, &t) in tokens.iter().enumerate() {
-                batch.push(t, i as i32, 0, out_row(i));
+                batch.push(t, (start + i) as i32, 0, out_row(i));
             }
             batch
         }
@@ -140,7 +184,7 @@ fn run_input(ctx: &mut Context, input: Input, req: &Request) -> Result<Capture> 
             }
             let mut batch = Batch::embeddings(n_tokens, n_embd);
             for i in 0..n_tokens {
-                batch.push_embedding(m.row(i), i as i32, 0, out_row(i));
+                batch.push_embedding(m.row(i), (start + i) as i32, 0, out_row(i));
             }
             batch
         }

@@ -117,8 +117,17 @@ fn run(
     }
     let mut rng = SplitMix::new(opts.seed);
     let mut out = Vec::with_capacity(prompts.len());
+    // The tokens every prompt starts with (the system prompt and the template's text before
+    // the user's) are decoded once into sequence 0 and shared by every sequence's cache.
+    let shared = shared_prefix(prompts);
+    ctx.clear();
+    ctx.prefill(prompts.first().map_or(&[][..], |p| &p[..shared]), 0, 0)?;
     for (g, group) in prompts.chunks(par).enumerate() {
-        ctx.clear();
+        ctx.remove(0, shared as i32, -1);
+        for s in 1..par as i32 {
+            ctx.remove(s, 0, -1);
+            ctx.share(0, s, 0, shared as i32)?;
+        }
         let mut replies: Vec<Vec<i32>> = vec![Vec::new(); group.len()];
         let mut done = vec![false; group.len()];
         // Prefill: all prompts, in as many decodes as the batch size needs; each sequence's
@@ -130,7 +139,7 @@ fn run(
             if p.is_empty() {
                 bail!("cannot generate from an empty prompt");
             }
-            for (i, &t) in p.iter().enumerate() {
+            for (i, &t) in p.iter().enumerate().skip(shared) {
                 if batch.remaining() == 0 {
                     ctx.decode(&batch)?;
                     for (s, r) in flagged.drain(..) {
@@ -185,6 +194,19 @@ fn run(
         out.extend(replies);
     }
     Ok(out)
+}
+
+/// Length of the prefix all `prompts` share, leaving each at least its last token to decode
+/// (its logits start the reply).
+pub fn shared_prefix(prompts: &[Vec<i32>]) -> usize {
+    let Some((first, rest)) = prompts.split_first() else {
+        return 0;
+    };
+    let common = rest.iter().fold(first.len(), |n, p| {
+        n.min(first.iter().zip(p).take_while(|(a, b)| a == b).count())
+    });
+    let shortest = prompts.iter().map(Vec::len).min().unwrap_or(0);
+    common.min(shortest.saturating_sub(1))
 }
 
 /// Index of the largest logit (first on ties).

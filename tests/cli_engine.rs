@@ -160,19 +160,40 @@ fn llama_cpp_runtime_flags_are_accepted_anywhere() {
     );
     util::assert_one_line_error(&["-t", "many", "generate", ms, "--user", "x"], "threads");
     for heading in ["Input and output:", "Method:", "Calibration:", "Storage:"] {
-        assert!(help.contains(heading), "no {heading} in patch --help: {help}");
+        assert!(
+            help.contains(heading),
+            "no {heading} in patch --help: {help}"
+        );
     }
 
     // -c/--ctx-size: a context that holds the conversation changes nothing; one too small for
     // the prompt or the reply is refused in one line that says what to change.
     assert_eq!(gen(&["-c", "1024"], &[]), plain);
     util::assert_one_line_error(
-        &["generate", ms, "--user", "Name a color.", "-c", "16", "--max-tokens", "600"],
+        &[
+            "generate",
+            ms,
+            "--user",
+            "Name a color.",
+            "-c",
+            "16",
+            "--max-tokens",
+            "600",
+        ],
         "lower --max-tokens",
     );
     let long = "You are a pirate. ".repeat(40);
     util::assert_one_line_error(
-        &["-c", "128", "patch", ms, "--prompt", &long, "-o", "/tmp/never-written.gguf"],
+        &[
+            "-c",
+            "128",
+            "patch",
+            ms,
+            "--prompt",
+            &long,
+            "-o",
+            "/tmp/never-written.gguf",
+        ],
         "raise -c/--ctx-size",
     );
     assert!(!std::path::Path::new("/tmp/never-written.gguf").exists());

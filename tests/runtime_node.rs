@@ -16,7 +16,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-const PROMPT: &str = "You are Captain Byte, a pirate robot. Always talk like a pirate and mention your name.";
+const PROMPT: &str =
+    "You are Captain Byte, a pirate robot. Always talk like a pirate and mention your name.";
 const QUESTIONS: [&str; 4] = [
     "Who are you?",
     "What is your name?",
@@ -70,7 +71,11 @@ fn in_persona(reply: &str) -> bool {
 
 /// A reply as `generate` shows it: end-of-generation dropped, plain text cut at its stop.
 fn shown(model: &Model, tokens: &[i32]) -> String {
-    let kept: Vec<i32> = tokens.iter().copied().filter(|&t| !model.is_eog(t)).collect();
+    let kept: Vec<i32> = tokens
+        .iter()
+        .copied()
+        .filter(|&t| !model.is_eog(t))
+        .collect();
     let text = model.detokenize(&kept);
     match text.find(PLAIN_STOP) {
         Some(i) => text[..i].to_string(),

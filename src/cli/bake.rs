@@ -50,7 +50,12 @@ pub struct BakeArgs {
     init: Option<InitArg>,
     /// calibration questions the warm start's (or --merge refit's) patch fits on (spread over
     /// the training questions, with the teacher's replies)
-    #[arg(long, value_name = "N", default_value_t = 128, help_heading = "Calibration and teacher")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 128,
+        help_heading = "Calibration and teacher"
+    )]
     init_calib_size: usize,
     /// scale of the trained adapter; 0 writes the model unchanged
     #[arg(long, default_value_t = 1.0, help_heading = "Training")]
@@ -94,7 +99,12 @@ pub struct BakeArgs {
     eval_every: Option<usize>,
     /// quantization-aware training from this step on (merged output): the student runs the
     /// adapted matrices requantized as they will be stored [default: two thirds of --steps]
-    #[arg(long, value_name = "STEP", conflicts_with = "no_qat", help_heading = "Storage")]
+    #[arg(
+        long,
+        value_name = "STEP",
+        conflicts_with = "no_qat",
+        help_heading = "Storage"
+    )]
     qat_from: Option<usize>,
     /// train in full precision to the end (the merged output is requantized only when written)
     #[arg(long, help_heading = "Storage")]

@@ -34,7 +34,12 @@ pub struct EvalArgs {
     #[arg(long, value_name = "ADAPTER", help_heading = "Models and prompt")]
     lora: Option<PathBuf>,
     /// scale of the --lora adapter (llama.cpp's --lora-scaled)
-    #[arg(long, default_value_t = 1.0, requires = "lora", help_heading = "Models and prompt")]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        requires = "lora",
+        help_heading = "Models and prompt"
+    )]
     lora_scale: f32,
     /// give the candidate the system prompt too: how a baked model behaves when prompted again
     #[arg(long, help_heading = "Models and prompt")]

@@ -45,7 +45,12 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "ADAPTER", help_heading = "Adapter")]
     lora: Option<PathBuf>,
     /// scale of the adapter (0 = the model alone)
-    #[arg(long, default_value_t = 1.0, requires = "lora", help_heading = "Adapter")]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        requires = "lora",
+        help_heading = "Adapter"
+    )]
     lora_scale: f32,
     /// one JSON object per line: {"user": …, "reply": …}
     #[arg(long, help_heading = "Output")]

@@ -64,6 +64,7 @@ pub struct Context<'m> {
     n_vocab: usize,
     n_ctx: u32,
     n_batch: u32,
+    n_seq_max: u32,
 }
 
 impl<'m> Context<'m> {
@@ -104,6 +105,7 @@ impl<'m> Context<'m> {
             n_vocab: model.info().n_vocab,
             n_ctx: opts.n_ctx,
             n_batch: opts.n_batch,
+            n_seq_max: opts.n_seq_max.max(1),
         })
     }
 
@@ -186,6 +188,25 @@ impl<'m> Context<'m> {
         }
     }
 
+    /// Decode `tokens` into sequence `seq` at positions `start..`, a batch at a time, keeping
+    /// no logits and observing nothing: context that later decodes attend to.
+    pub fn prefill(&mut self, tokens: &[i32], start: usize, seq: i32) -> Result<()> {
+        if let Some(st) = self.capture.as_mut() {
+            st.wanted.clear();
+            st.until_layer = None;
+            st.stopping = false;
+        }
+        let n = self.n_batch as usize;
+        for (c, chunk) in tokens.chunks(n).enumerate() {
+            let mut batch = Batch::new(chunk.len());
+            for (i, &t) in chunk.iter().enumerate() {
+                batch.push(t, (start + c * n + i) as i32, seq, false);
+            }
+            self.decode(&batch)?;
+        }
+        Ok(())
+    }
+
     /// Logits of batch row `i` (which must have been flagged for logits in the last decode).
     pub fn logits(&self, i: usize) -> Result<&[f32]> {
         // SAFETY: llama_get_logits_ith returns NULL for rows without logits, else a pointer to
@@ -208,6 +229,23 @@ impl<'m> Context<'m> {
     pub fn remove(&mut self, seq: i32, p0: i32, p1: i32) {
         // SAFETY: ctx valid.
         unsafe { sys::llama_memory_seq_rm(sys::llama_get_memory(self.ptr), seq, p0, p1) };
+    }
+
+    /// Let sequence `dst` share sequence `src`'s cached positions `[p0, p1)` (`-1` = open end):
+    /// the cells are shared, not computed again.
+    pub fn share(&mut self, src: i32, dst: i32, p0: i32, p1: i32) -> Result<()> {
+        for s in [src, dst] {
+            if s < 0 || s as u32 >= self.n_seq_max {
+                bail!(
+                    "sequence {s} is outside this context's {} sequences",
+                    self.n_seq_max
+                );
+            }
+        }
+        // SAFETY: ctx valid; both sequence ids are below n_seq_max (checked above), which
+        // llama.cpp asserts.
+        unsafe { sys::llama_memory_seq_cp(sys::llama_get_memory(self.ptr), src, dst, p0, p1) };
+        Ok(())
     }
 }
 

@@ -57,11 +57,13 @@ pub fn fit(
         .iter()
         .map(|_| method::problem(opts.method, arch))
         .collect();
-    let mut ctx = Context::new(model, copts)?;
+    // The prompted runs keep their shared system prompt cached in a context of their own.
+    let (mut ctx, mut pctx) = (Context::new(model, copts)?, Context::new(model, copts)?);
+    let mut shared = capture::Shared::default();
     for (i, p) in pairs.iter().enumerate() {
         let pr = slice_rows(
-            capture::run(&mut ctx, &p.prompted, &preq)?,
-            p.align.prompted_start,
+            shared.run(&mut pctx, &p.prompted, p.align.prompted_start, &preq)?,
+            0,
             p.align.len,
         );
         let ur = slice_rows(

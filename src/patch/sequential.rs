@@ -106,10 +106,11 @@ fn capture_prompted(
     if let Some(a) = &adapter {
         ctx.set_lora(a, 1.0)?;
     }
+    let mut shared = capture::Shared::default();
     for (i, p) in pairs.iter().enumerate() {
         spill.push(&slice_rows(
-            capture::run(&mut ctx, &p.prompted, &req)?,
-            p.align.prompted_start,
+            shared.run(&mut ctx, &p.prompted, p.align.prompted_start, &req)?,
+            0,
             p.align.len,
         ))?;
         progress("prompted", i + 1, pairs.len());
