@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use crate::engine::Model;
 use crate::generate::{generate, GenOptions};
 use crate::text::convo::{align, prompt_tokens, Alignment};
-use crate::text::ChatFormat;
+use crate::text::{ChatFormat, Rendering};
 
 /// One calibration exchange in both renderings.
 #[derive(Debug, Clone)]
@@ -15,8 +15,10 @@ pub struct Pair {
     pub question: String,
     /// tokens with the system prompt, reply included
     pub prompted: Vec<i32>,
-    /// tokens without it (as the patched model is used), reply included
+    /// tokens without it (as the patched model is used, in `rendering`), reply included
     pub unprompted: Vec<i32>,
+    /// how the unprompted side is rendered
+    pub rendering: Rendering,
     /// where the shared user turn and reply sit in each
     pub align: Alignment,
     /// reply length in tokens
@@ -24,11 +26,13 @@ pub struct Pair {
 }
 
 /// Generate the prompted model's replies to `questions` (or take `given` ones, one per
-/// question, already sampled from it) and build the aligned pairs.
+/// question, already sampled from it) and build the aligned pairs, their unprompted sides
+/// cycling through `renderings`.
 pub fn build(
     model: &Model,
     system: &str,
     questions: &[String],
+    renderings: &[Rendering],
     gen: &GenOptions,
     given: Option<&[Vec<i32>]>,
     mut progress: impl FnMut(),
@@ -51,16 +55,18 @@ pub fn build(
         None => replies(model, &fmt, system, questions, &prompts, gen, &mut progress)?,
     };
     let mut out = Vec::with_capacity(questions.len());
-    for ((q, p), r) in questions.iter().zip(prompts).zip(replies) {
+    for (i, ((q, p), r)) in questions.iter().zip(prompts).zip(replies).enumerate() {
         let mut prompted = p;
         prompted.extend_from_slice(&r);
-        let mut unprompted = prompt_tokens(model, &fmt, None, q)?;
+        let rendering = Rendering::of(renderings, i);
+        let mut unprompted = prompt_tokens(model, &fmt, rendering.system(), q)?;
         unprompted.extend_from_slice(&r);
         let a = align(model, &prompted, &unprompted, q, r.len())?;
         out.push(Pair {
             question: q.clone(),
             prompted,
             unprompted,
+            rendering,
             align: a,
             reply_len: r.len(),
         });

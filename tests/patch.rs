@@ -291,7 +291,16 @@ fn a_fitted_layer_moves_toward_the_prompted_run() {
         max_tokens: 16,
         ..Default::default()
     };
-    let pairs = gguf_sleep::material::build(&base, PROMPT, &questions, &gen, None, || {}).unwrap();
+    let pairs = gguf_sleep::material::build(
+        &base,
+        PROMPT,
+        &questions,
+        &[gguf_sleep::text::Rendering::Template],
+        &gen,
+        None,
+        || {},
+    )
+    .unwrap();
     let patched = Model::load(&out).unwrap();
     let opts = ContextOptions {
         capture: true,
@@ -400,4 +409,54 @@ fn matrix_edits_only_up_and_gate_and_the_result_generates() {
         .collect();
     assert_eq!(changed_tensors(&m, &out), expected);
     assert!(!greedy(&out).trim().is_empty());
+}
+
+/// `--renderings`: calibration conversations cycle through the renderings of the unprompted
+/// side; the prompted side, the reply and the part they share stay the same, so every rendering
+/// is fitted toward the same prompted run.
+#[test]
+fn calibration_conversations_cycle_through_the_renderings() {
+    use gguf_sleep::engine::Model;
+    use gguf_sleep::generate::GenOptions;
+    use gguf_sleep::text::{convo, ChatFormat, Rendering};
+
+    let base = Model::load(&util::smollm2()).unwrap();
+    let fmt = ChatFormat::for_model(&base).unwrap();
+    let q = "What is the tallest mountain?".to_string();
+    let questions = vec![q.clone(); 6];
+    let reply = base
+        .tokenize(" Arr, that be Everest.", false, false)
+        .unwrap();
+    let replies = vec![reply.clone(); 6];
+    let pairs = gguf_sleep::material::build(
+        &base,
+        PROMPT,
+        &questions,
+        &Rendering::ALL,
+        &GenOptions::default(),
+        Some(&replies),
+        || {},
+    )
+    .unwrap();
+    for (i, p) in pairs.iter().enumerate() {
+        let r = Rendering::ALL[i % 3];
+        assert_eq!(p.rendering, r);
+        let mut want = convo::prompt_tokens(&base, &fmt, r.system(), &q).unwrap();
+        want.extend_from_slice(&reply);
+        assert_eq!(p.unprompted, want, "conversation {i} ({r})");
+        assert_eq!(p.prompted, pairs[0].prompted);
+        let shared = &p.unprompted[p.align.unprompted_start..];
+        assert_eq!(shared.len(), p.align.len);
+        assert!(
+            base.detokenize(shared).contains(&q),
+            "the question is not in the fitted part"
+        );
+        let text = base.detokenize(&p.unprompted);
+        assert_eq!(
+            text.contains(gguf_sleep::text::rendering::GENERIC_SYSTEM),
+            r == Rendering::Generic,
+            "{text}"
+        );
+    }
+    assert_ne!(pairs[0].unprompted, pairs[1].unprompted);
 }

@@ -106,7 +106,8 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// The library names option fields in backticks; each is the flag that sets it here.
-const FLAGS: [(&str, &str); 23] = [
+const FLAGS: [(&str, &str); 24] = [
+    ("`renderings`", "--renderings"),
     ("`ctx_size`", "-c/--ctx-size"),
     ("`max_tokens`", "--max-tokens"),
     ("`rank`", "--rank"),

@@ -8,6 +8,7 @@ use super::args::{calibration, EditTypeArg, PromptArgs, RoundingArg};
 use super::progress::Phases;
 use gguf_sleep::export::ollama;
 use gguf_sleep::patch::{self, Emit, Lambda, Method, PatchOptions, PatchReport};
+use gguf_sleep::text::Rendering;
 
 /// `patch` arguments.
 #[derive(Args)]
@@ -65,6 +66,17 @@ pub struct PatchArgs {
     /// sleep: β, the prompt's strength in eq. 10
     #[arg(long, default_value_t = 1.0, help_heading = "Method")]
     beta: f64,
+    /// renderings of a turn without the user's own system prompt that the calibration
+    /// conversations cycle through: template (the model's template with no system message),
+    /// empty (an empty system turn), generic ("You are a helpful assistant.") [default:
+    /// template]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "LIST",
+        help_heading = "Calibration"
+    )]
+    renderings: Option<Vec<Rendering>>,
     /// reply tokens generated per calibration question
     #[arg(long, default_value_t = 64, help_heading = "Calibration")]
     max_tokens: usize,
@@ -160,6 +172,7 @@ pub fn run(a: PatchArgs) -> Result<()> {
         MethodArg::Cvec => Method::Cvec,
         MethodArg::Sleep => Method::Sleep,
     };
+    let defaults = PatchOptions::default();
     let opts = PatchOptions {
         method,
         // sleep is closed-form: parallel unless --sequential asks (and is refused)
@@ -181,6 +194,7 @@ pub fn run(a: PatchArgs) -> Result<()> {
             EmitArg::Cvec => Emit::Cvec,
         },
         bias: !a.no_bias,
+        renderings: a.renderings.clone().unwrap_or(defaults.renderings),
     };
     opts.validate()?;
     let output = output_path(&a)?;

@@ -117,6 +117,7 @@ pub fn patch_with(
         &model,
         system,
         &opts.questions,
+        &opts.renderings,
         &gen,
         given.replies.as_deref(),
         || {

@@ -6,6 +6,7 @@ use super::method::Method;
 use super::ridge::Lambda;
 use crate::options::{ensure, InvalidOptions};
 use crate::store::{EditType, Provenance};
+use crate::text::Rendering;
 
 /// Settings of one `patch` run. [`Default`] is the default patch: `down`, sequential, every
 /// layer, the built-in questions, validated λ, edits in the file's own types with output-aware
@@ -43,6 +44,8 @@ pub struct PatchOptions {
     pub emit: Emit,
     /// `down`: also fit `ffn_down.bias` where the architecture applies one (off for LoRA)
     pub bias: bool,
+    /// the renderings of the unprompted side the calibration conversations cycle through
+    pub renderings: Vec<Rendering>,
 }
 
 impl Default for PatchOptions {
@@ -63,6 +66,7 @@ impl Default for PatchOptions {
             measure_prefill: false,
             emit: Emit::Merged,
             bias: true,
+            renderings: vec![Rendering::Template],
         }
     }
 }
@@ -73,6 +77,7 @@ impl PatchOptions {
         ensure(!self.questions.is_empty(), || {
             "no calibration `questions`".into()
         })?;
+        ensure(!self.renderings.is_empty(), || "no `renderings`".into())?;
         ensure(self.strength.is_finite(), || {
             "`strength` must be a finite number".into()
         })?;

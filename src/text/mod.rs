@@ -1,10 +1,13 @@
 //! Text before tokens meet the model: the model's chat template ([`chat`]), conversations and
 //! their alignment with and without a system prompt ([`convo`]), and the built-in questions
-//! with the validation split ([`questions`]).
+//! with the validation split ([`questions`]), and the renderings of an unprompted turn
+//! ([`rendering`]).
 
 pub mod chat;
 pub mod convo;
 pub mod questions;
+pub mod rendering;
 
 pub use chat::{ChatFormat, PLAIN_STOP};
 pub use questions::{default_questions, is_validation, lines, HELDOUT};
+pub use rendering::Rendering;
