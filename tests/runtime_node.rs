@@ -131,7 +131,9 @@ fn both(model_path: &Path, lora: Option<&Path>) -> (Vec<String>, Vec<String>, us
 }
 
 /// The persona holds in node-llama-cpp wherever it holds in `generate` (one reply of slack for
-/// the two builds' rounding), in at least half the replies, and was not there before.
+/// the two builds' rounding), in at least one reply, and was not there before. (How often it
+/// holds is the small test patch's strength, not the runtime's: Gemma-3's 24-question patch
+/// names itself in one reply of four in both.)
 fn assert_carries_persona(what: &str, output: &Path, base: &Path, lora: Option<&Path>) {
     let (ours, theirs, same) = both(output, lora);
     let count = |v: &[String]| v.iter().filter(|r| in_persona(r)).count();
@@ -146,7 +148,7 @@ fn assert_carries_persona(what: &str, output: &Path, base: &Path, lora: Option<&
         theirs.len()
     );
     assert!(
-        count(&theirs) * 2 >= theirs.len(),
+        count(&theirs) >= 1,
         "{what}: the persona is lost in node-llama-cpp: {theirs:?}"
     );
     assert!(
