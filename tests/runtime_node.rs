@@ -166,48 +166,35 @@ fn assert_carries_persona(what: &str, output: &Path, base: &Path, lora: Option<&
     );
 }
 
-/// Runs the binary on `args`, asserting success.
-fn sleep(args: &[&str]) {
-    let out = Command::new(util::bin()).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "gguf-sleep {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs `gguf-sleep COMMAND INPUT --prompt PROMPT -o OUT --calib-size 24 EXTRA…`, asserting
+/// success.
+fn make(command: &str, input: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        command,
+        input.to_str().unwrap(),
+        "--prompt",
+        PROMPT,
+        "-o",
+        out.to_str().unwrap(),
+        "--calib-size",
+        "24",
+    ];
+    args.extend_from_slice(extra);
+    let (_, err, ok) = util::run(&args);
+    assert!(ok, "gguf-sleep {args:?}: {err}");
 }
 
 fn patch(input: &Path, out: &Path, extra: &[&str]) {
-    let mut args = vec![
+    make(
         "patch",
-        input.to_str().unwrap(),
-        "--prompt",
-        PROMPT,
-        "-o",
-        out.to_str().unwrap(),
-        "--calib-size",
-        "24",
-        "--max-tokens",
-        "32",
-    ];
-    args.extend_from_slice(extra);
-    sleep(&args);
+        input,
+        out,
+        &[&["--max-tokens", "32"], extra].concat(),
+    );
 }
 
 fn bake(input: &Path, out: &Path, extra: &[&str]) {
-    let mut args = vec![
-        "bake",
-        input.to_str().unwrap(),
-        "--prompt",
-        PROMPT,
-        "-o",
-        out.to_str().unwrap(),
-        "--calib-size",
-        "24",
-        "--seed",
-        "7",
-    ];
-    args.extend_from_slice(extra);
-    sleep(&args);
+    make("bake", input, out, &[&["--seed", "7"], extra].concat());
 }
 
 #[test]
