@@ -1,9 +1,14 @@
 //! Ridge least squares from accumulated normal equations, with λ chosen on a validation split.
 //!
 //! A problem maps features `x` (width `d`) to targets `y` (width `m`) through `y ≈ xᵀW + b`.
-//! Rows are streamed in; only `[x,1]ᵀ[x,1]`, `[x,1]ᵀy` and `Σ‖y‖²` are kept, in f64, separately
-//! for the training and validation rows. The solve is a Cholesky factorisation of
-//! `G + λI` (LAPACK through ndarray-linalg); no inverse is ever formed.
+//! Rows are streamed in; only `[x,1]ᵀ[x,1]`, `[x,1]ᵀy` (in f32: each block's products are f32
+//! already) and `Σ‖y‖²` are kept, separately for the training and validation rows.
+//!
+//! The solve factors `G + λI` by Cholesky in f32 (LAPACK through ndarray-linalg) in one scratch
+//! matrix, reused for every λ, and refines the solution with residuals computed in f64 a band of
+//! rows at a time, so the answer is the f64 one while no f64 copy of the Gram is ever held: two
+//! stored Grams and one scratch, 1.5× an f64 Gram in all. Where the f32 factor is too coarse
+//! (refinement does not converge) the system is solved in f64 instead. No inverse is formed.
 //!
 //! Choosing λ scores grid values on the validation rows, from the largest down while the error
 //! falls. With many targets that search solves against a random sketch `C·S` of the targets
@@ -13,16 +18,16 @@
 use anyhow::{bail, Result};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, ArrayViewMut2, Axis};
-use ndarray_linalg::{cholesky::Cholesky, Diag, SolveTriangular, UPLO};
+use ndarray_linalg::{cholesky::CholeskyInplace, Diag, SolveTriangularInto, UPLO};
 use rayon::prelude::*;
 
 /// Normal equations of one split.
 #[derive(Debug, Clone)]
 struct Normal {
     /// `[x,1]ᵀ[x,1]`, `(d+1)²` (the last row/column only when there is an intercept)
-    g: Array2<f64>,
+    g: Array2<f32>,
     /// `[x,1]ᵀ y`
-    c: Array2<f64>,
+    c: Array2<f32>,
     /// `Σ‖y‖²`
     yy: f64,
     /// rows seen
@@ -40,12 +45,12 @@ impl Normal {
     }
 
     fn add_block(&mut self, x: &Array2<f32>, y: &Array2<f32>) {
-        // One block's products in f32 (matrixmultiply), accumulated in f64. Only the Gram's
+        let width = x.ncols();
+        // One block's products in f32 (matrixmultiply), summed in f32. Only the Gram's
         // upper block triangle is formed ([`Normal::mirror`] fills in the rest); each band of
         // rows (its tiles right of the diagonal and its rows of `XᵀY`) is one parallel task.
-        let width = x.ncols();
         let band = width.div_ceil(GRAM_BANDS).max(1);
-        let bands: Vec<(usize, ArrayViewMut2<f64>, ArrayViewMut2<f64>)> = self
+        let bands: Vec<(usize, ArrayViewMut2<f32>, ArrayViewMut2<f32>)> = self
             .g
             .axis_chunks_iter_mut(Axis(0), band)
             .zip(self.c.axis_chunks_iter_mut(Axis(0), band))
@@ -54,13 +59,14 @@ impl Normal {
             .collect();
         bands.into_par_iter().for_each(|(r0, mut g, mut c)| {
             let xi = x.slice(s![.., r0..r0 + g.nrows()]);
-            let mut tile = Array2::<f32>::zeros((g.nrows(), width - r0));
-            general_mat_mul(1.0, &xi.t(), &x.slice(s![.., r0..]), 0.0, &mut tile);
-            g.slice_mut(s![.., r0..])
-                .zip_mut_with(&tile, |a, &b| *a += b as f64);
-            let mut cb = Array2::<f32>::zeros(c.raw_dim());
-            general_mat_mul(1.0, &xi.t(), y, 0.0, &mut cb);
-            c.zip_mut_with(&cb, |a, &b| *a += b as f64);
+            general_mat_mul(
+                1.0,
+                &xi.t(),
+                &x.slice(s![.., r0..]),
+                1.0,
+                &mut g.slice_mut(s![.., r0..]),
+            );
+            general_mat_mul(1.0, &xi.t(), y, 1.0, &mut c);
         });
         self.yy += y.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
         self.n += x.nrows();
@@ -80,9 +86,43 @@ impl Normal {
     /// with the features are `c` (`C`, or a sketch `C·S` of it).
     fn error_less_yy(&self, w: &Array2<f64>, c: &Array2<f64>) -> f64 {
         // ‖XW − Y‖² = tr(WᵀGW) − 2 tr(WᵀC) + Σ‖y‖²
-        let gw = self.g.dot(w);
+        let gw = gram_dot(&self.g, None, w);
         (w * &gw).sum() - 2.0 * (w * c).sum()
     }
+
+    /// Add another split's sums to these.
+    fn absorb(&mut self, other: &Normal) {
+        self.g += &other.g;
+        self.c += &other.c;
+        self.yy += other.yy;
+        self.n += other.n;
+    }
+}
+
+/// Rows of a Gram converted to f64 at a time by [`gram_dot`].
+const F64_BAND: usize = 256;
+
+/// `(G + diag(extra))·W` in f64, the f32 Gram converted a band of rows at a time (each band one
+/// parallel task), so no f64 copy of it is formed.
+fn gram_dot(g: &Array2<f32>, extra: Option<&[f64]>, w: &Array2<f64>) -> Array2<f64> {
+    let n = g.nrows();
+    let mut out = Array2::<f64>::zeros((n, w.ncols()));
+    let bands: Vec<(usize, ArrayViewMut2<f64>)> = out
+        .axis_chunks_iter_mut(Axis(0), F64_BAND)
+        .enumerate()
+        .map(|(i, o)| (i * F64_BAND, o))
+        .collect();
+    bands.into_par_iter().for_each(|(r0, mut o)| {
+        let rows = r0..r0 + o.nrows();
+        let mut tile = g.slice(s![rows.clone(), ..]).mapv(f64::from);
+        if let Some(e) = extra {
+            for (i, r) in rows.clone().enumerate() {
+                tile[[i, r]] += e[r];
+            }
+        }
+        general_mat_mul(1.0, &tile, w, 0.0, &mut o);
+    });
+    out
 }
 
 /// Bands of rows the Gram's upper triangle is accumulated in, in parallel (uneven in work:
@@ -93,9 +133,9 @@ const GRAM_BANDS: usize = 8;
 pub const SKETCH: usize = 128;
 
 /// An `m × k` sketch with entries `±1/√k`, from a fixed seed (deterministic across runs).
-fn sketch(m: usize, k: usize) -> Array2<f64> {
+fn sketch(m: usize, k: usize) -> Array2<f32> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let v = 1.0 / (k as f64).sqrt();
+    let v = 1.0 / (k as f32).sqrt();
     Array2::from_shape_fn((m, k), |_| {
         state = state
             .wrapping_mul(6364136223846793005)
@@ -116,6 +156,8 @@ pub struct Ridge {
     intercept: bool,
     train: Normal,
     val: Normal,
+    /// `train` holds every row's sums (the validation rows folded in) once solved
+    merged: bool,
     pending: Vec<(Vec<f32>, Vec<f32>, bool)>,
 }
 
@@ -161,6 +203,7 @@ impl Ridge {
             intercept,
             train: Normal::new(w, m),
             val: Normal::new(w, m),
+            merged: false,
             pending: Vec::new(),
         }
     }
@@ -211,36 +254,58 @@ impl Ridge {
 
     /// Fold in the pending rows and complete the Grams' lower triangles.
     fn finish(&mut self) {
-        self.flush();
-        self.train.mirror();
-        self.val.mirror();
+        if !self.merged {
+            self.flush();
+            self.train.mirror();
+            self.val.mirror();
+        }
+    }
+
+    /// Feature `i`'s Σx² over every row.
+    fn total_power(&self, i: usize) -> f64 {
+        let v = self.train.g[[i, i]] as f64;
+        if self.merged {
+            v
+        } else {
+            v + self.val.g[[i, i]] as f64
+        }
+    }
+
+    /// Every row's sums: the training split with the validation split folded in.
+    fn merge(&mut self) {
+        self.finish();
+        if !self.merged {
+            let val = std::mem::replace(&mut self.val, Normal::new(0, 0));
+            self.train.absorb(&val);
+            self.val = val;
+            self.merged = true;
+        }
     }
 
     /// Mean of the diagonal of the feature Gram (training and validation rows), per row:
     /// the per-feature mean square, used as importance weights when requantizing.
     pub fn feature_power(&mut self) -> Vec<f32> {
         self.finish();
-        let n = (self.train.n + self.val.n).max(1) as f64;
+        let n = (self.train.n + if self.merged { 0 } else { self.val.n }).max(1) as f64;
         (0..self.d)
-            .map(|i| ((self.train.g[[i, i]] + self.val.g[[i, i]]) / n) as f32)
+            .map(|i| (self.total_power(i) / n) as f32)
             .collect()
     }
 
     /// `Σ [x,1][x,1]ᵀ` over every row (training and validation) and over the validation rows
-    /// alone, `(d+1)²` with an intercept: what output-aware rounding weighs its error by.
+    /// alone, `(d+1)²` with an intercept: what output-aware rounding weighs its error by. Moved
+    /// out, not copied: the problem is spent afterwards.
     pub fn grams(&mut self) -> (Array2<f32>, Array2<f32>) {
-        self.finish();
+        self.merge();
         (
-            (&self.train.g + &self.val.g).mapv(|v| v as f32),
-            self.val.g.mapv(|v| v as f32),
+            std::mem::take(&mut self.train.g),
+            std::mem::take(&mut self.val.g),
         )
     }
 
     /// The unit λ is given in: `tr(G)/d` over all rows (each feature's Σx², averaged over features).
     fn lambda_unit(&self) -> f64 {
-        let tr: f64 = (0..self.d)
-            .map(|i| self.train.g[[i, i]] + self.val.g[[i, i]])
-            .sum();
+        let tr: f64 = (0..self.d).map(|i| self.total_power(i)).sum();
         (tr / self.d.max(1) as f64).max(1e-12)
     }
 
@@ -249,11 +314,17 @@ impl Ridge {
     /// sketch of the targets when there are more than [`SKETCH`]); the winner is refitted on all
     /// rows.
     pub fn solve(&mut self, lambda: Lambda) -> Result<Solution> {
+        if self.merged {
+            bail!("this least-squares problem was solved already");
+        }
         self.finish();
         if self.train.n + self.val.n == 0 {
             bail!("no calibration rows to fit");
         }
         let scale = self.lambda_unit();
+        let width = self.train.g.nrows();
+        // The one scratch matrix every factorisation is made in.
+        let mut scratch = Array2::<f32>::zeros((width, width));
         let (lambda, val_rel_error) = match lambda {
             Lambda::Fixed(l) => (l, f64::NAN),
             Lambda::Auto if self.val.n == 0 || self.train.n == 0 => (1e-2, f64::NAN),
@@ -264,8 +335,9 @@ impl Ridge {
                 } else {
                     (self.train.c.clone(), self.val.c.clone())
                 };
-                let score = |l: f64| -> Result<f64> {
-                    let w = solve_normal(&self.train.g, &ct, self.d, l * scale)?;
+                let cv = cv.mapv(f64::from);
+                let mut score = |l: f64| -> Result<f64> {
+                    let w = solve_normal(&self.train.g, &ct, self.d, l * scale, &mut scratch)?;
                     Ok(self.val.error_less_yy(&w, &cv))
                 };
                 // Walk down the grid from its largest λ while the validation error falls: the
@@ -283,17 +355,19 @@ impl Ridge {
                 (LAMBDA_GRID[i], (e + self.val.yy) / self.val.yy.max(1e-300))
             }
         };
-        let mut all = self.train.clone();
-        all.g += &self.val.g;
-        all.c += &self.val.c;
-        all.yy += self.val.yy;
-        all.n += self.val.n;
-        let w_full = solve_normal(&all.g, &all.c, self.d, lambda * scale)?;
+        let (n_train, n_val) = (self.train.n, self.val.n);
+        self.merge();
+        let w_full = solve_normal(
+            &self.train.g,
+            &self.train.c,
+            self.d,
+            lambda * scale,
+            &mut scratch,
+        )?;
+        drop(scratch);
         let (w, b) = if self.intercept {
-            (
-                w_full.slice(s![..self.d, ..]).to_owned(),
-                w_full.row(self.d).to_owned(),
-            )
+            let b = w_full.row(self.d).to_owned();
+            (w_full.slice_move(s![..self.d, ..]), b)
         } else {
             (w_full, Array1::zeros(self.m))
         };
@@ -302,35 +376,119 @@ impl Ridge {
             b,
             lambda,
             val_rel_error,
-            n_train: self.train.n,
-            n_val: self.val.n,
+            n_train,
+            n_val,
         })
     }
 }
 
-/// Solve `(G + λ·I_d) W = C` (the intercept row is not penalised beyond a tiny jitter).
-fn solve_normal(g: &Array2<f64>, c: &Array2<f64>, d: usize, lambda: f64) -> Result<Array2<f64>> {
-    let mut a = g.clone();
-    let width = a.nrows();
-    for i in 0..width {
-        a[[i, i]] += if i < d {
-            lambda
-        } else {
-            1e-9 * (1.0 + a[[i, i]])
-        };
+/// Refinement steps at most before the f64 solve takes over.
+const REFINE_STEPS: usize = 4;
+
+/// A refinement step whose largest correction is at most this fraction of the solution's
+/// largest entry ends it: the remaining error is of the order of its square.
+const REFINED: f64 = 1e-3;
+
+/// The diagonal `(G + λ·I_d)` adds to `G` (the intercept row is not penalised beyond a tiny
+/// jitter).
+fn ridge_diagonal(g: &Array2<f32>, d: usize, lambda: f64) -> Vec<f64> {
+    (0..g.nrows())
+        .map(|i| {
+            if i < d {
+                lambda
+            } else {
+                1e-9 * (1.0 + g[[i, i]] as f64)
+            }
+        })
+        .collect()
+}
+
+/// Columns of `C` solved at a time: the f64 working set beside the Gram stays small.
+const COLUMNS: usize = 512;
+
+/// Solve `(G + λ·I_d) W = C`: a Cholesky factor of it in f32 (in `scratch`), refined with f64
+/// residuals until the corrections are negligible; in f64 where the f32 factor is too coarse.
+fn solve_normal(
+    g: &Array2<f32>,
+    c: &Array2<f32>,
+    d: usize,
+    lambda: f64,
+    scratch: &mut Array2<f32>,
+) -> Result<Array2<f64>> {
+    let extra = ridge_diagonal(g, d, lambda);
+    scratch.assign(g);
+    for (i, e) in extra.iter().enumerate() {
+        scratch[[i, i]] += *e as f32;
     }
-    let l = a.cholesky(UPLO::Lower).map_err(|e| {
+    if scratch.cholesky_inplace(UPLO::Lower).is_err() {
+        return solve_normal_f64(g, c, &extra);
+    }
+    let mut w = Array2::<f64>::zeros(c.raw_dim());
+    for j in (0..c.ncols()).step_by(COLUMNS) {
+        let cols = s![.., j..(j + COLUMNS).min(c.ncols())];
+        match refined(g, scratch, &extra, c.slice(cols).mapv(f64::from))? {
+            Some(part) => w.slice_mut(cols).assign(&part),
+            None => return solve_normal_f64(g, c, &extra),
+        }
+    }
+    Ok(w)
+}
+
+/// The f32 factor's solution of `(G + diag(extra)) W = C`, refined with f64 residuals; `None`
+/// when the refinement does not converge.
+fn refined(
+    g: &Array2<f32>,
+    l: &Array2<f32>,
+    extra: &[f64],
+    c: Array2<f64>,
+) -> Result<Option<Array2<f64>>> {
+    let mut w = cholesky_solve(l, c.mapv(|v| v as f32))?.mapv(f64::from);
+    let mut previous = f64::INFINITY;
+    for _ in 0..REFINE_STEPS {
+        let r = &c - &gram_dot(g, Some(extra), &w);
+        let delta = cholesky_solve(l, r.mapv(|v| v as f32))?;
+        w.zip_mut_with(&delta, |a, &b| *a += b as f64);
+        let step = delta.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs()));
+        let size = w.iter().fold(0.0f64, |m, &v| m.max(v.abs()));
+        if step <= REFINED * size {
+            return Ok(Some(w));
+        }
+        if step > 0.5 * previous {
+            break;
+        }
+        previous = step;
+    }
+    Ok(None)
+}
+
+/// `W` from `L·Lᵀ·W = B` (triangular solves with every column at once).
+fn cholesky_solve<A: ndarray_linalg::Scalar + ndarray_linalg::Lapack>(
+    l: &Array2<A>,
+    b: Array2<A>,
+) -> Result<Array2<A>> {
+    let y = l
+        .solve_triangular_into(UPLO::Lower, Diag::NonUnit, b)
+        .map_err(|e| anyhow::anyhow!("least-squares solve failed: {e}"))?;
+    l.t()
+        .solve_triangular_into(UPLO::Upper, Diag::NonUnit, y)
+        .map_err(|e| anyhow::anyhow!("least-squares solve failed: {e}"))
+}
+
+/// `(G + diag(extra)) W = C` factored in f64 (one f64 copy of the Gram, for this call only).
+fn solve_normal_f64(g: &Array2<f32>, c: &Array2<f32>, extra: &[f64]) -> Result<Array2<f64>> {
+    let mut a = g.mapv(f64::from);
+    for (i, e) in extra.iter().enumerate() {
+        a[[i, i]] += e;
+    }
+    a.cholesky_inplace(UPLO::Lower).map_err(|e| {
         anyhow::anyhow!("the least-squares system is singular ({e}); raise `lambda`")
     })?;
-    // G = L·Lᵀ: solve L·Y = C, then Lᵀ·W = Y (triangular solves with every column at once).
-    let y = l
-        .solve_triangular(UPLO::Lower, Diag::NonUnit, c)
-        .map_err(|e| anyhow::anyhow!("least-squares solve failed: {e}"))?;
-    let w = l
-        .t()
-        .to_owned()
-        .solve_triangular(UPLO::Upper, Diag::NonUnit, &y)
-        .map_err(|e| anyhow::anyhow!("least-squares solve failed: {e}"))?;
+    let mut w = Array2::<f64>::zeros(c.raw_dim());
+    for j in (0..c.ncols()).step_by(COLUMNS) {
+        let cols = s![.., j..(j + COLUMNS).min(c.ncols())];
+        w.slice_mut(cols)
+            .assign(&cholesky_solve(&a, c.slice(cols).mapv(f64::from))?);
+    }
     Ok(w)
 }
 
@@ -395,11 +553,14 @@ mod tests {
                 .collect();
             r.add(&x, &y, i % 3 == 0);
         }
-        let sol = r.solve(Lambda::Auto).unwrap();
+        let sol = r.clone().solve(Lambda::Auto).unwrap();
+        r.finish();
         let scale = r.lambda_unit();
+        let cv = r.val.c.mapv(f64::from);
+        let extra = |l: f64| ridge_diagonal(&r.train.g, d, l * scale);
         let exact = |l: f64| {
-            let w = solve_normal(&r.train.g, &r.train.c, d, l * scale).unwrap();
-            (r.val.error_less_yy(&w, &r.val.c) + r.val.yy) / r.val.yy
+            let w = solve_normal_f64(&r.train.g, &r.train.c, &extra(l)).unwrap();
+            (r.val.error_less_yy(&w, &cv) + r.val.yy) / r.val.yy
         };
         let best = LAMBDA_GRID
             .iter()
@@ -415,6 +576,78 @@ mod tests {
         // The best λ is inside the grid and both ends are clearly worse: a wrong pick shows.
         assert!(exact(LAMBDA_GRID[0]) > best * 1.05);
         assert!(exact(LAMBDA_GRID[LAMBDA_GRID.len() - 1]) > best * 1.05);
+    }
+
+    /// A problem with strongly correlated features: `x[j] = z[j % k] + noise·ε`.
+    fn correlated(d: usize, m: usize, k: usize, noise: f32) -> Ridge {
+        let mut s = 21u64;
+        let mut r = Ridge::new(d, m, true);
+        for i in 0..(3 * d) {
+            let z: Vec<f32> = (0..k).map(|_| lcg(&mut s)).collect();
+            let x: Vec<f32> = (0..d).map(|j| z[j % k] + noise * lcg(&mut s)).collect();
+            let y: Vec<f32> = (0..m)
+                .map(|j| x[j % d] - 0.5 * x[(j + 3) % d] + 0.1 * lcg(&mut s))
+                .collect();
+            r.add(&x, &y, i % 5 == 0);
+        }
+        r.finish();
+        r
+    }
+
+    /// Largest difference of `a` from `b`, relative to `b`'s largest entry.
+    fn relative_difference(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
+        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        (a - b).iter().fold(0.0f64, |m, v| m.max(v.abs())) / scale
+    }
+
+    #[test]
+    fn the_f32_factor_refined_gives_the_f64_solution() {
+        // Condition number ~1e4 with the smallest λ of the grid, 700 columns (two chunks).
+        let (d, m) = (200, 700);
+        let r = correlated(d, m, 20, 0.05);
+        let l = LAMBDA_GRID[0] * r.lambda_unit();
+        let extra = ridge_diagonal(&r.train.g, d, l);
+        let want = solve_normal_f64(&r.train.g, &r.train.c, &extra).unwrap();
+        let mut scratch = Array2::zeros(r.train.g.raw_dim());
+        let got = solve_normal(&r.train.g, &r.train.c, d, l, &mut scratch).unwrap();
+        // The f32 factor alone is far coarser than this: the refinement is what gets here.
+        let once = cholesky_solve(&scratch, r.train.c.clone())
+            .unwrap()
+            .mapv(f64::from);
+        let (refined, coarse) = (
+            relative_difference(&got, &want),
+            relative_difference(&once, &want),
+        );
+        assert!(refined < 1e-6, "refined {refined:e}");
+        assert!(
+            coarse > 10.0 * refined,
+            "f32 alone {coarse:e}, refined {refined:e}"
+        );
+    }
+
+    #[test]
+    fn a_system_too_ill_conditioned_for_f32_is_solved_in_f64() {
+        // Near-duplicate features and almost no ridge (condition ~1e7): f32 cannot factor or
+        // refine this, f64 can.
+        let (d, m) = (240, 10);
+        let r = correlated(d, m, 2, 1e-3);
+        let l = 1e-5 * r.lambda_unit();
+        let extra = ridge_diagonal(&r.train.g, d, l);
+        let want = solve_normal_f64(&r.train.g, &r.train.c, &extra).unwrap();
+        let mut scratch = Array2::zeros(r.train.g.raw_dim());
+        let got = solve_normal(&r.train.g, &r.train.c, d, l, &mut scratch).unwrap();
+        let diff = relative_difference(&got, &want);
+        assert!(diff < 1e-9, "difference {diff:e}");
+        // The f32 route alone does not get there: the answer is the fallback's.
+        scratch.assign(&r.train.g);
+        for (i, e) in extra.iter().enumerate() {
+            scratch[[i, i]] += *e as f32;
+        }
+        let f32_route = scratch.cholesky_inplace(UPLO::Lower).is_ok()
+            && refined(&r.train.g, &scratch, &extra, r.train.c.mapv(f64::from))
+                .unwrap()
+                .is_some();
+        assert!(!f32_route, "f32 solved a system of condition ~1e7");
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub fn round(ty: GgmlType, target: &[f32], ne0: usize, hessian: &Hessian) -> Res
         _ => Some(DEFAULT_DAMP),
     };
     let (chosen, moved) = match damp {
-        Some(d) => problem.search(&hessian.gram, d),
+        Some(d) => problem.search(Gram::all(&hessian.gram), d),
         None => (first.clone(), 0),
     };
     let data = quantize(ty, &chosen, ne0 as u64, None)?;
@@ -164,7 +164,7 @@ pub fn round(ty: GgmlType, target: &[f32], ne0: usize, hessian: &Hessian) -> Res
     let bias = hessian
         .bias
         .as_ref()
-        .map(|_| best_bias(&problem.error(&stored), &hessian.gram));
+        .map(|_| best_bias(&problem.error(&stored), Gram::all(&hessian.gram)));
     Ok(Rounded {
         data,
         stored,
@@ -195,7 +195,7 @@ impl Problem<'_> {
     }
 
     /// Every row searched from ggml's rounding, against `gram` dampened by `damp`.
-    fn search(&self, gram: &Array2<f32>, damp: f64) -> (Vec<f32>, usize) {
+    fn search(&self, gram: Gram, damp: f64) -> (Vec<f32>, usize) {
         let h = reduced(gram, self.ne0, damp);
         // The gradient of every row's error, H·eᵀ, in one product.
         let g0 = par_dot(&self.error(self.first), &h);
@@ -216,11 +216,14 @@ impl Problem<'_> {
     /// The damping whose rounding, searched on the training rows (`all − val`), leaves the least
     /// output error on the validation rows (`None`: nearest rounding does better than any).
     fn choose_damp(&self, all: &Array2<f32>, val: &Array2<f32>) -> Option<f64> {
-        let train = all - val;
+        let train = Gram {
+            all,
+            less: Some(val),
+        };
         let val_error = |values: &[f32]| {
             let mut e = self.error(values);
-            if train.nrows() > self.ne0 {
-                let b = best_bias(&e, &train);
+            if all.nrows() > self.ne0 {
+                let b = best_bias(&e, train);
                 e.push_column(ndarray::ArrayView1::from(&b))
                     .expect("rows match");
             }
@@ -228,12 +231,31 @@ impl Problem<'_> {
         };
         let mut best = (val_error(self.first), None);
         for d in DAMPS {
-            let err = val_error(&self.search(&train, d).0);
+            let err = val_error(&self.search(train, d).0);
             if err < best.0 {
                 best = (err, Some(d));
             }
         }
         best.1
+    }
+}
+
+/// A Gram, or the difference of two (the training rows' as every row's less the validation
+/// rows'), read entry by entry so that the difference is never stored.
+#[derive(Clone, Copy)]
+struct Gram<'a> {
+    all: &'a Array2<f32>,
+    less: Option<&'a Array2<f32>>,
+}
+
+impl<'a> Gram<'a> {
+    fn all(all: &'a Array2<f32>) -> Gram<'a> {
+        Gram { all, less: None }
+    }
+
+    fn at(&self, i: usize, j: usize) -> f64 {
+        let g = self.all[[i, j]] as f64;
+        self.less.map_or(g, |v| g - v[[i, j]] as f64)
     }
 }
 
@@ -252,10 +274,10 @@ fn par_dot(a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
 
 /// The bias that best absorbs the error `e` (`rows × ne0`) over `gram` (one wider, the
 /// always-1 input last): `−Σ_tokens (e·x) / N` per row.
-fn best_bias(e: &Array2<f32>, gram: &Array2<f32>) -> Vec<f32> {
+fn best_bias(e: &Array2<f32>, gram: Gram) -> Vec<f32> {
     let ne0 = e.ncols();
-    let n = gram[[ne0, ne0]].max(1e-30);
-    let col = gram.slice(s![ne0, ..ne0]);
+    let n = gram.at(ne0, ne0).max(1e-30) as f32;
+    let col = ndarray::Array1::from_shape_fn(ne0, |j| gram.at(ne0, j) as f32);
     e.dot(&col).iter().map(|v| -v / n).collect()
 }
 
@@ -267,14 +289,14 @@ fn sum_product(a: &Array2<f32>, b: &Array2<f32>) -> f64 {
 /// The Gram the row error is measured by: dampened by `damp` (relative to the mean of its
 /// diagonal), and with the bias column (if any) eliminated (its Schur complement: the error
 /// left once the bias has taken up its mean).
-fn reduced(gram: &Array2<f32>, ne0: usize, damp: f64) -> Array2<f32> {
+fn reduced(gram: Gram, ne0: usize, damp: f64) -> Array2<f32> {
     // Built in f32 (each entry computed in f64): no f64 copy of the whole Gram is held.
-    let bias = (gram.nrows() > ne0).then(|| {
-        let nb = (gram[[ne0, ne0]] as f64).max(1e-30);
-        (gram.slice(s![..ne0, ne0]).mapv(f64::from), nb)
+    let bias = (gram.all.nrows() > ne0).then(|| {
+        let nb = gram.at(ne0, ne0).max(1e-30);
+        (ndarray::Array1::from_shape_fn(ne0, |i| gram.at(i, ne0)), nb)
     });
     let mut h = Array2::from_shape_fn((ne0, ne0), |(i, j)| {
-        let g = gram[[i, j]] as f64;
+        let g = gram.at(i, j);
         match &bias {
             Some((col, nb)) => (g - col[i] * col[j] / nb) as f32,
             None => g as f32,
