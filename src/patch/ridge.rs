@@ -275,9 +275,7 @@ impl Ridge {
     fn merge(&mut self) {
         self.finish();
         if !self.merged {
-            let val = std::mem::replace(&mut self.val, Normal::new(0, 0));
-            self.train.absorb(&val);
-            self.val = val;
+            self.train.absorb(&self.val);
             self.merged = true;
         }
     }
@@ -416,11 +414,7 @@ fn solve_normal(
     scratch: &mut Array2<f32>,
 ) -> Result<Array2<f64>> {
     let extra = ridge_diagonal(g, d, lambda);
-    scratch.assign(g);
-    for (i, e) in extra.iter().enumerate() {
-        scratch[[i, i]] += *e as f32;
-    }
-    if scratch.cholesky_inplace(UPLO::Lower).is_err() {
+    if !factor_f32(g, &extra, scratch) {
         return solve_normal_f64(g, c, &extra);
     }
     let mut w = Array2::<f64>::zeros(c.raw_dim());
@@ -432,6 +426,15 @@ fn solve_normal(
         }
     }
     Ok(w)
+}
+
+/// Factor `G + diag(extra)` by Cholesky in f32 into `scratch`; false where f32 cannot.
+fn factor_f32(g: &Array2<f32>, extra: &[f64], scratch: &mut Array2<f32>) -> bool {
+    scratch.assign(g);
+    for (i, e) in extra.iter().enumerate() {
+        scratch[[i, i]] += *e as f32;
+    }
+    scratch.cholesky_inplace(UPLO::Lower).is_ok()
 }
 
 /// The f32 factor's solution of `(G + diag(extra)) W = C`, refined with f64 residuals; `None`
@@ -639,11 +642,7 @@ mod tests {
         let diff = relative_difference(&got, &want);
         assert!(diff < 1e-9, "difference {diff:e}");
         // The f32 route alone does not get there: the answer is the fallback's.
-        scratch.assign(&r.train.g);
-        for (i, e) in extra.iter().enumerate() {
-            scratch[[i, i]] += *e as f32;
-        }
-        let f32_route = scratch.cholesky_inplace(UPLO::Lower).is_ok()
+        let f32_route = factor_f32(&r.train.g, &extra, &mut scratch)
             && refined(&r.train.g, &scratch, &extra, r.train.c.mapv(f64::from))
                 .unwrap()
                 .is_some();
