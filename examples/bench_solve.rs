@@ -3,9 +3,11 @@
 //! rows accumulated into the normal equations, then λ chosen on the validation split and the
 //! winner refitted, three times (see `scripts/bench-solve.sh`).
 //!
-//! Usage: `bench_solve [--retain] [--at-once N]`. `--retain` keeps freed memory in the process
-//! (what parallel-mode `patch` does); `--at-once N` solves N copies of the problem at once on
-//! rayon's threads with single-threaded LAPACK and reports the time per problem. OpenBLAS's own
+//! Usage: `bench_solve [--retain] [--at-once N] [--dims D,M,N] [--rounds R]`. `--retain` keeps
+//! freed memory in the process (what parallel-mode `patch` does); `--at-once N` solves N copies
+//! of the problem at once on rayon's threads with single-threaded LAPACK and reports the time
+//! per problem; `--dims` sets the features, targets and rows (e.g. `8192,2048,17000` for a
+//! Llama-3.2-1B-sized layer); `--rounds` how often the solve is timed (3). OpenBLAS's own
 //! threads follow `OPENBLAS_NUM_THREADS`.
 
 use gguf_sleep::engine;
@@ -16,16 +18,23 @@ use std::time::Instant;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let retain = args.iter().any(|a| a == "--retain");
-    let at_once: usize = args
-        .iter()
-        .position(|a| a == "--at-once")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    let at_once: usize = value("--at-once").and_then(|v| v.parse().ok()).unwrap_or(1);
     if retain {
         engine::retain_freed_memory();
     }
-    let (d, m, n) = (1536, 576, 5000);
+    let dims: Vec<usize> = value("--dims")
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1536, 576, 5000]);
+    let [d, m, n] = dims[..] else {
+        eprintln!("bench_solve: --dims takes three numbers: features,targets,rows");
+        std::process::exit(2);
+    };
+    let rounds: usize = value("--rounds").and_then(|v| v.parse().ok()).unwrap_or(3);
     let mut state = 1u64;
     let mut next = || {
         state = state
@@ -41,12 +50,12 @@ fn main() {
             .map(|j| next() * if j % 7 == 0 { 3.0 } else { 1.0 })
             .collect();
         let y: Vec<f32> = (0..m)
-            .map(|j| 0.3 * x[j] + 0.2 * x[j + 1] + next())
+            .map(|j| 0.3 * x[j % d] + 0.2 * x[(j + 1) % d] + next())
             .collect();
         problem.add(&x, &y, gguf_sleep::text::is_validation(i));
     }
     println!("accumulate {n} rows: {:.3} s", t.elapsed().as_secs_f64());
-    for round in 1..=3 {
+    for round in 1..=rounds {
         let copies: Vec<Ridge> = (0..at_once).map(|_| problem.clone()).collect();
         let t = Instant::now();
         let lambdas: Vec<f64> = if at_once == 1 {

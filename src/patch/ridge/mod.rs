@@ -4,130 +4,22 @@
 //! Rows are streamed in; only `[x,1]ᵀ[x,1]`, `[x,1]ᵀy` (in f32: each block's products are f32
 //! already) and `Σ‖y‖²` are kept, separately for the training and validation rows.
 //!
-//! The solve factors `G + λI` by Cholesky in f32 (LAPACK through ndarray-linalg) in one scratch
-//! matrix, reused for every λ, and refines the solution with residuals computed in f64 a band of
-//! rows at a time, so the answer is the f64 one while no f64 copy of the Gram is ever held: two
-//! stored Grams and one scratch, 1.5× an f64 Gram in all. Where the f32 factor is too coarse
-//! (refinement does not converge) the system is solved in f64 instead. No inverse is formed.
+//! The solve itself (an f32 Cholesky factor checked and refined in f64) is in `solve`; the
+//! accumulated sums of one split in `normal`.
 //!
 //! Choosing λ scores grid values on the validation rows, from the largest down while the error
 //! falls. With many targets that search solves against a random sketch `C·S` of the targets
 //! (`S` is `m × k` with `±1/√k` entries, so `E[S·Sᵀ] = I` and the sketched validation error is
 //! an unbiased estimate of the exact one); only the winner is solved against all `m` columns.
 
+mod normal;
+mod solve;
+
 use anyhow::{bail, Result};
-use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, ArrayViewMut2, Axis};
-use ndarray_linalg::{cholesky::CholeskyInplace, Diag, SolveTriangularInto, UPLO};
-use rayon::prelude::*;
+use ndarray::{s, Array1, Array2};
 
-/// Normal equations of one split.
-#[derive(Debug, Clone)]
-struct Normal {
-    /// `[x,1]ᵀ[x,1]`, `(d+1)²` (the last row/column only when there is an intercept)
-    g: Array2<f32>,
-    /// `[x,1]ᵀ y`
-    c: Array2<f32>,
-    /// `Σ‖y‖²`
-    yy: f64,
-    /// rows seen
-    n: usize,
-}
-
-impl Normal {
-    fn new(width: usize, m: usize) -> Normal {
-        Normal {
-            g: Array2::zeros((width, width)),
-            c: Array2::zeros((width, m)),
-            yy: 0.0,
-            n: 0,
-        }
-    }
-
-    fn add_block(&mut self, x: &Array2<f32>, y: &Array2<f32>) {
-        let width = x.ncols();
-        // One block's products in f32 (matrixmultiply), summed in f32. Only the Gram's
-        // upper block triangle is formed ([`Normal::mirror`] fills in the rest); each band of
-        // rows (its tiles right of the diagonal and its rows of `XᵀY`) is one parallel task.
-        let band = width.div_ceil(GRAM_BANDS).max(1);
-        let bands: Vec<(usize, ArrayViewMut2<f32>, ArrayViewMut2<f32>)> = self
-            .g
-            .axis_chunks_iter_mut(Axis(0), band)
-            .zip(self.c.axis_chunks_iter_mut(Axis(0), band))
-            .enumerate()
-            .map(|(i, (g, c))| (i * band, g, c))
-            .collect();
-        bands.into_par_iter().for_each(|(r0, mut g, mut c)| {
-            let xi = x.slice(s![.., r0..r0 + g.nrows()]);
-            general_mat_mul(
-                1.0,
-                &xi.t(),
-                &x.slice(s![.., r0..]),
-                1.0,
-                &mut g.slice_mut(s![.., r0..]),
-            );
-            general_mat_mul(1.0, &xi.t(), y, 1.0, &mut c);
-        });
-        self.yy += y.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
-        self.n += x.nrows();
-    }
-
-    /// Copy the Gram's upper triangle (what [`Normal::add_block`] accumulates) to the lower.
-    fn mirror(&mut self) {
-        let w = self.g.nrows();
-        for i in 1..w {
-            for j in 0..i {
-                self.g[[i, j]] = self.g[[j, i]];
-            }
-        }
-    }
-
-    /// `‖XW − Y‖² − Σ‖y‖²` on these rows for weights `w` against targets whose cross products
-    /// with the features are `c` (`C`, or a sketch `C·S` of it).
-    fn error_less_yy(&self, w: &Array2<f64>, c: &Array2<f64>) -> f64 {
-        // ‖XW − Y‖² = tr(WᵀGW) − 2 tr(WᵀC) + Σ‖y‖²
-        let gw = gram_dot(&self.g, None, w);
-        (w * &gw).sum() - 2.0 * (w * c).sum()
-    }
-
-    /// Add another split's sums to these.
-    fn absorb(&mut self, other: &Normal) {
-        self.g += &other.g;
-        self.c += &other.c;
-        self.yy += other.yy;
-        self.n += other.n;
-    }
-}
-
-/// Rows of a Gram converted to f64 at a time by [`gram_dot`].
-const F64_BAND: usize = 256;
-
-/// `(G + diag(extra))·W` in f64, the f32 Gram converted a band of rows at a time (each band one
-/// parallel task), so no f64 copy of it is formed.
-fn gram_dot(g: &Array2<f32>, extra: Option<&[f64]>, w: &Array2<f64>) -> Array2<f64> {
-    let n = g.nrows();
-    let mut out = Array2::<f64>::zeros((n, w.ncols()));
-    let bands: Vec<(usize, ArrayViewMut2<f64>)> = out
-        .axis_chunks_iter_mut(Axis(0), F64_BAND)
-        .enumerate()
-        .map(|(i, o)| (i * F64_BAND, o))
-        .collect();
-    bands.into_par_iter().for_each(|(r0, mut o)| {
-        let rows = r0..r0 + o.nrows();
-        let mut tile = g.slice(s![rows.clone(), ..]).mapv(f64::from);
-        if let Some(e) = extra {
-            for (i, r) in rows.clone().enumerate() {
-                tile[[i, r]] += e[r];
-            }
-        }
-        general_mat_mul(1.0, &tile, w, 0.0, &mut o);
-    });
-    out
-}
-
-/// Bands of rows the Gram's upper triangle is accumulated in, in parallel (uneven in work:
-/// the first band has the most tiles; more bands than threads keep the threads busy).
-const GRAM_BANDS: usize = 8;
+use normal::Normal;
+use solve::solve_normal;
 
 /// Targets kept when λ is searched: above this many, the search runs on a sketch of them.
 pub const SKETCH: usize = 128;
@@ -380,125 +272,12 @@ impl Ridge {
     }
 }
 
-/// Refinement steps at most before the f64 solve takes over.
-const REFINE_STEPS: usize = 4;
-
-/// A refinement step whose largest correction is at most this fraction of the solution's
-/// largest entry ends it: the remaining error is of the order of its square.
-const REFINED: f64 = 1e-3;
-
-/// The diagonal `(G + λ·I_d)` adds to `G` (the intercept row is not penalised beyond a tiny
-/// jitter).
-fn ridge_diagonal(g: &Array2<f32>, d: usize, lambda: f64) -> Vec<f64> {
-    (0..g.nrows())
-        .map(|i| {
-            if i < d {
-                lambda
-            } else {
-                1e-9 * (1.0 + g[[i, i]] as f64)
-            }
-        })
-        .collect()
-}
-
-/// Columns of `C` solved at a time: the f64 working set beside the Gram stays small.
-const COLUMNS: usize = 512;
-
-/// Solve `(G + λ·I_d) W = C`: a Cholesky factor of it in f32 (in `scratch`), refined with f64
-/// residuals until the corrections are negligible; in f64 where the f32 factor is too coarse.
-fn solve_normal(
-    g: &Array2<f32>,
-    c: &Array2<f32>,
-    d: usize,
-    lambda: f64,
-    scratch: &mut Array2<f32>,
-) -> Result<Array2<f64>> {
-    let extra = ridge_diagonal(g, d, lambda);
-    if !factor_f32(g, &extra, scratch) {
-        return solve_normal_f64(g, c, &extra);
-    }
-    let mut w = Array2::<f64>::zeros(c.raw_dim());
-    for j in (0..c.ncols()).step_by(COLUMNS) {
-        let cols = s![.., j..(j + COLUMNS).min(c.ncols())];
-        match refined(g, scratch, &extra, c.slice(cols).mapv(f64::from))? {
-            Some(part) => w.slice_mut(cols).assign(&part),
-            None => return solve_normal_f64(g, c, &extra),
-        }
-    }
-    Ok(w)
-}
-
-/// Factor `G + diag(extra)` by Cholesky in f32 into `scratch`; false where f32 cannot.
-fn factor_f32(g: &Array2<f32>, extra: &[f64], scratch: &mut Array2<f32>) -> bool {
-    scratch.assign(g);
-    for (i, e) in extra.iter().enumerate() {
-        scratch[[i, i]] += *e as f32;
-    }
-    scratch.cholesky_inplace(UPLO::Lower).is_ok()
-}
-
-/// The f32 factor's solution of `(G + diag(extra)) W = C`, refined with f64 residuals; `None`
-/// when the refinement does not converge.
-fn refined(
-    g: &Array2<f32>,
-    l: &Array2<f32>,
-    extra: &[f64],
-    c: Array2<f64>,
-) -> Result<Option<Array2<f64>>> {
-    let mut w = cholesky_solve(l, c.mapv(|v| v as f32))?.mapv(f64::from);
-    let mut previous = f64::INFINITY;
-    for _ in 0..REFINE_STEPS {
-        let r = &c - &gram_dot(g, Some(extra), &w);
-        let delta = cholesky_solve(l, r.mapv(|v| v as f32))?;
-        w.zip_mut_with(&delta, |a, &b| *a += b as f64);
-        let step = delta.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs()));
-        let size = w.iter().fold(0.0f64, |m, &v| m.max(v.abs()));
-        if step <= REFINED * size {
-            return Ok(Some(w));
-        }
-        if step > 0.5 * previous {
-            break;
-        }
-        previous = step;
-    }
-    Ok(None)
-}
-
-/// `W` from `L·Lᵀ·W = B` (triangular solves with every column at once).
-fn cholesky_solve<A: ndarray_linalg::Scalar + ndarray_linalg::Lapack>(
-    l: &Array2<A>,
-    b: Array2<A>,
-) -> Result<Array2<A>> {
-    let y = l
-        .solve_triangular_into(UPLO::Lower, Diag::NonUnit, b)
-        .map_err(|e| anyhow::anyhow!("least-squares solve failed: {e}"))?;
-    l.t()
-        .solve_triangular_into(UPLO::Upper, Diag::NonUnit, y)
-        .map_err(|e| anyhow::anyhow!("least-squares solve failed: {e}"))
-}
-
-/// `(G + diag(extra)) W = C` factored in f64 (one f64 copy of the Gram, for this call only).
-fn solve_normal_f64(g: &Array2<f32>, c: &Array2<f32>, extra: &[f64]) -> Result<Array2<f64>> {
-    let mut a = g.mapv(f64::from);
-    for (i, e) in extra.iter().enumerate() {
-        a[[i, i]] += e;
-    }
-    a.cholesky_inplace(UPLO::Lower).map_err(|e| {
-        anyhow::anyhow!("the least-squares system is singular ({e}); raise `lambda`")
-    })?;
-    let mut w = Array2::<f64>::zeros(c.raw_dim());
-    for j in (0..c.ncols()).step_by(COLUMNS) {
-        let cols = s![.., j..(j + COLUMNS).min(c.ncols())];
-        w.slice_mut(cols)
-            .assign(&cholesky_solve(&a, c.slice(cols).mapv(f64::from))?);
-    }
-    Ok(w)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::solve::{ridge_diagonal, solve_normal_f64};
     use super::*;
     use crate::testing::lcg;
+    use rayon::prelude::*;
 
     #[test]
     fn recovers_a_linear_map_with_intercept() {
@@ -581,74 +360,6 @@ mod tests {
         assert!(exact(LAMBDA_GRID[LAMBDA_GRID.len() - 1]) > best * 1.05);
     }
 
-    /// A problem with strongly correlated features: `x[j] = z[j % k] + noise·ε`.
-    fn correlated(d: usize, m: usize, k: usize, noise: f32) -> Ridge {
-        let mut s = 21u64;
-        let mut r = Ridge::new(d, m, true);
-        for i in 0..(3 * d) {
-            let z: Vec<f32> = (0..k).map(|_| lcg(&mut s)).collect();
-            let x: Vec<f32> = (0..d).map(|j| z[j % k] + noise * lcg(&mut s)).collect();
-            let y: Vec<f32> = (0..m)
-                .map(|j| x[j % d] - 0.5 * x[(j + 3) % d] + 0.1 * lcg(&mut s))
-                .collect();
-            r.add(&x, &y, i % 5 == 0);
-        }
-        r.finish();
-        r
-    }
-
-    /// Largest difference of `a` from `b`, relative to `b`'s largest entry.
-    fn relative_difference(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
-        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        (a - b).iter().fold(0.0f64, |m, v| m.max(v.abs())) / scale
-    }
-
-    #[test]
-    fn the_f32_factor_refined_gives_the_f64_solution() {
-        // Condition number ~1e4 with the smallest λ of the grid, 700 columns (two chunks).
-        let (d, m) = (200, 700);
-        let r = correlated(d, m, 20, 0.05);
-        let l = LAMBDA_GRID[0] * r.lambda_unit();
-        let extra = ridge_diagonal(&r.train.g, d, l);
-        let want = solve_normal_f64(&r.train.g, &r.train.c, &extra).unwrap();
-        let mut scratch = Array2::zeros(r.train.g.raw_dim());
-        let got = solve_normal(&r.train.g, &r.train.c, d, l, &mut scratch).unwrap();
-        // The f32 factor alone is far coarser than this: the refinement is what gets here.
-        let once = cholesky_solve(&scratch, r.train.c.clone())
-            .unwrap()
-            .mapv(f64::from);
-        let (refined, coarse) = (
-            relative_difference(&got, &want),
-            relative_difference(&once, &want),
-        );
-        assert!(refined < 1e-6, "refined {refined:e}");
-        assert!(
-            coarse > 10.0 * refined,
-            "f32 alone {coarse:e}, refined {refined:e}"
-        );
-    }
-
-    #[test]
-    fn a_system_too_ill_conditioned_for_f32_is_solved_in_f64() {
-        // Near-duplicate features and almost no ridge (condition ~1e7): f32 cannot factor or
-        // refine this, f64 can.
-        let (d, m) = (240, 10);
-        let r = correlated(d, m, 2, 1e-3);
-        let l = 1e-5 * r.lambda_unit();
-        let extra = ridge_diagonal(&r.train.g, d, l);
-        let want = solve_normal_f64(&r.train.g, &r.train.c, &extra).unwrap();
-        let mut scratch = Array2::zeros(r.train.g.raw_dim());
-        let got = solve_normal(&r.train.g, &r.train.c, d, l, &mut scratch).unwrap();
-        let diff = relative_difference(&got, &want);
-        assert!(diff < 1e-9, "difference {diff:e}");
-        // The f32 route alone does not get there: the answer is the fallback's.
-        let f32_route = factor_f32(&r.train.g, &extra, &mut scratch)
-            && refined(&r.train.g, &scratch, &extra, r.train.c.mapv(f64::from))
-                .unwrap()
-                .is_some();
-        assert!(!f32_route, "f32 solved a system of condition ~1e7");
-    }
-
     #[test]
     fn banded_gram_is_the_whole_symmetric_gram() {
         // 13 features + intercept over 8 bands (uneven), rows over three flushes of the block.
@@ -711,8 +422,10 @@ mod tests {
             assert_eq!(a.lambda, b.lambda);
             let scale = a.w.iter().map(|v| v.abs()).fold(0.0, f64::max);
             let diff = (&a.w - &b.w).iter().map(|v| v.abs()).fold(0.0, f64::max);
+            // The f32 factor's answer is kept here (well conditioned): the two LAPACK thread
+            // counts sum in other orders, to f32's precision.
             assert!(
-                diff <= 1e-9 * scale,
+                diff <= 1e-5 * scale,
                 "max difference {diff} (scale {scale})"
             );
         }
