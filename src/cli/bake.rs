@@ -78,8 +78,9 @@ pub struct BakeArgs {
     edit_type: EditTypeArg,
     /// how the trained adapters are rounded when merged into a quantized type: nearest (what
     /// quantization-aware training trains against) or output (each weight up or down so that the
-    /// layer's output on the trajectories stays closest; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0); the warm
-    /// start's patch always rounds to keep each layer's output, as `patch` does by default
+    /// layer's output on the trajectories stays closest; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
+    /// Q6_K); the warm start's patch always rounds to keep each layer's output, as `patch` does
+    /// by default
     #[arg(long, value_enum, default_value_t = RoundingArg::Nearest, help_heading = "Storage")]
     rounding: RoundingArg,
     /// calibration questions, one per line (default: the built-in set, as for patch)

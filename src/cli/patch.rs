@@ -57,7 +57,8 @@ pub struct PatchArgs {
     edit_type: EditTypeArg,
     /// how edited matrices are rounded to a quantized type: output (each weight rounded up or
     /// down so that the layer's output on the calibration inputs stays closest to the edit's;
-    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) or nearest (each weight to its nearest grid value)
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) or nearest (each weight to its nearest
+    /// grid value)
     #[arg(long, value_enum, default_value_t = RoundingArg::Output, help_heading = "Storage")]
     rounding: RoundingArg,
     /// sleep: α for every layer and head (default: measured from attention)

@@ -9,7 +9,7 @@
 //! file) after an exact power-of-two scale, kept per row, that brings the row's largest entry
 //! within f16's range: residual streams with entries beyond 65 504 (Gemma's, for one) keep
 //! f16's relative precision (2⁻¹¹) instead of overflowing. A fit's targets carry far larger
-//! errors than that (see docs/RESULTS.md, "Scratch disk").
+//! errors than that (see docs/RESULTS.md, "A whole Llama-3.2-1B-sized file").
 
 use anyhow::{Context as _, Result};
 use std::collections::BTreeMap;

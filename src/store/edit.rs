@@ -2,6 +2,7 @@
 //! deltas added to the dequantized weight and requantized with ggml's codec.
 
 use anyhow::{bail, Context as _, Result};
+use ndarray::ArrayView2;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -122,6 +123,8 @@ pub struct RoundingReport {
     pub moved: usize,
     /// the damping chosen (relative to the mean input power); `None`: nearest rounding kept
     pub damp: Option<f64>,
+    /// chosen weights the codec did not store as chosen (their blocks stored as nearest)
+    pub mismatched: usize,
 }
 
 /// Sum edits that touch the same tensor.
@@ -302,22 +305,29 @@ fn matrix_report(
 fn output_fidelity(r: &Requantized, scaled: &[f32], h: &Hessian) -> Option<(f64, f64)> {
     let ne0 = r.ne0;
     let rows = scaled.len() / ne0;
-    let view = |v: &[f32]| ndarray::Array2::from_shape_vec((rows, ne0), v.to_vec()).ok();
-    let (c, d) = (view(&r.change)?, view(scaled)?);
-    // With a bias column: the change is [C | b], the edit [Δ | 0].
-    let (c, d) = match (&r.bias, h.bias.is_some()) {
+    if rows * ne0 != scaled.len() || r.change.len() != scaled.len() {
+        return None;
+    }
+    let (c, d) = (
+        ArrayView2::from_shape((rows, ne0), &r.change[..]).ok()?,
+        ArrayView2::from_shape((rows, ne0), scaled).ok()?,
+    );
+    // With a bias column: the change is [C | b], the edit [Δ | 0] (built only then).
+    let (cc, cd, dd) = match (&r.bias, h.bias.is_some()) {
         (Some(b), true) => {
-            let mut ca = ndarray::Array2::<f32>::zeros((rows, ne0 + 1));
-            ca.slice_mut(ndarray::s![.., ..ne0]).assign(&c);
-            ca.column_mut(ne0)
-                .assign(&ndarray::ArrayView1::from(&b[..]));
-            let mut da = ndarray::Array2::<f32>::zeros((rows, ne0 + 1));
-            da.slice_mut(ndarray::s![.., ..ne0]).assign(&d);
-            (ca, da)
+            let widen = |m: ArrayView2<f32>, last: Option<&[f32]>| {
+                let mut w = ndarray::Array2::<f32>::zeros((rows, ne0 + 1));
+                w.slice_mut(ndarray::s![.., ..ne0]).assign(&m);
+                if let Some(b) = last {
+                    w.column_mut(ne0).assign(&ndarray::ArrayView1::from(b));
+                }
+                w
+            };
+            let (ca, da) = (widen(c, Some(b)), widen(d, None));
+            rounding::h_products(ca.view(), da.view(), &h.gram)
         }
-        _ => (c, d),
+        _ => rounding::h_products(c, d, &h.gram),
     };
-    let (cc, cd, dd) = rounding::h_products(c.view(), d.view(), &h.gram);
     let e = (cc - 2.0 * cd + dd).max(0.0).sqrt() / dd.max(1e-30).sqrt();
     Some((cd / (cc * dd).max(1e-60).sqrt(), e))
 }
@@ -375,6 +385,7 @@ pub fn requantize(
             let report = RoundingReport {
                 moved: c.moved,
                 damp: c.damp,
+                mismatched: c.mismatched,
             };
             (c.data, c.stored, c.bias, Some(report))
         }

@@ -13,18 +13,25 @@
 //! the search also fits the calibration inputs' accidents, which shows on other text. The
 //! damping is chosen per matrix on the validation rows: each candidate searched on the training
 //! rows' Gram, scored on the validation rows' (nearest rounding is a candidate too), the winner
-//! searched again on all rows. (Error feedback as in GPTQ, Frantar et al. 2023, was tried first:
-//! for an edit this small its dithering adds more error than it removes; docs/RESULTS.md.)
+//! searched again on all rows. A wide matrix's damping is chosen on a sample of its rows.
+//! (Error feedback as in GPTQ, Frantar et al. 2023, was tried first: for an edit this small its
+//! dithering adds more error than it removes; docs/RESULTS.md.)
 //!
 //! The grid of each block is the one ggml's reference quantizer chose for `W + Δ`; the weights
 //! that fix that grid (the block's extremes) stay put, so quantizing the chosen values again
-//! with ggml's codec gives the same grid and exactly the chosen codes. That holds for the block
-//! types with one scale per 32 weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0); other types are rounded
-//! to nearest. When the matrix's output has a bias (an always-1 input, stored exactly), the bias
-//! takes up the mean of the error.
+//! with ggml's codec gives the same grid and exactly the chosen codes. For the types with one
+//! scale per 32 weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) the grid follows from the extremes. The
+//! k-quants (Q4_K, Q5_K: a scale and a minimum per 32 weights; Q6_K: a scale per 16) choose
+//! each sub-block's grid by a search, so it is read off the dequantized values instead: the
+//! smallest gap between them is the step, and a sub-block whose values are not all on one such
+//! grid is left as rounded; moves stay between the sub-block's extremes. Any block the codec
+//! does not store as chosen is stored as ggml's nearest rounding, so the stored bytes never
+//! hold an unsearched mix. Other types are rounded to nearest. When the matrix's output has a
+//! bias (an always-1 input, stored exactly), the bias takes up the mean of the error.
 
 use anyhow::{bail, Result};
-use ndarray::{s, Array2, ArrayView2};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use gguf::GgmlType;
@@ -55,16 +62,21 @@ pub struct Rounded {
     pub bias: Option<Vec<f32>>,
     /// weights rounded away from their nearest grid value
     pub moved: usize,
-    /// weights the codec did not store as chosen (0 unless a block's grid could not be kept)
+    /// weights the codec did not store as chosen (0 unless a block's grid could not be kept);
+    /// their blocks are stored as ggml's nearest rounding
     pub mismatched: usize,
     /// the damping used, relative to the mean of `H`'s diagonal; `None`: nearest rounding did
     /// best on the validation rows and was kept
     pub damp: Option<f64>,
 }
 
-/// How a one-scale block type lays out its grid (ggml's reference quantizer).
+/// How a block type lays out its grid (ggml's reference quantizer).
 #[derive(Debug, Clone, Copy)]
 struct Grid {
+    /// weights that share one step (a block, or a k-quant's sub-block)
+    sub: usize,
+    /// the step is read off each sub-block's values (k-quants) rather than its extremes
+    inferred: bool,
     /// codes `0..levels`
     levels: i32,
     /// value = `m + code·d` (the block's minimum at code 0) instead of `(code − offset)·d`
@@ -78,10 +90,22 @@ struct Grid {
 fn grid(ty: GgmlType) -> Option<Grid> {
     let g = |levels, with_min, offset, extreme_low| {
         Some(Grid {
+            sub: 32,
+            inferred: false,
             levels,
             with_min,
             offset,
             extreme_low,
+        })
+    };
+    let inferred = |sub, levels| {
+        Some(Grid {
+            sub,
+            inferred: true,
+            levels,
+            with_min: true,
+            offset: 0,
+            extreme_low: false,
         })
     };
     match ty {
@@ -90,6 +114,9 @@ fn grid(ty: GgmlType) -> Option<Grid> {
         GgmlType::Q5_0 => g(32, false, 16, true),
         GgmlType::Q5_1 => g(32, true, 0, false),
         GgmlType::Q8_0 => g(255, false, 127, false),
+        GgmlType::Q4_K => inferred(32, 16),
+        GgmlType::Q5_K => inferred(32, 32),
+        GgmlType::Q6_K => inferred(16, 64),
         _ => None,
     }
 }
@@ -128,39 +155,36 @@ pub fn round(ty: GgmlType, target: &[f32], ne0: usize, hessian: &Hessian) -> Res
     {
         bail!("internal: Hessian of width {width} for a matrix of width {ne0}");
     }
-    let first = dequantize(
-        ty,
-        &quantize(ty, target, ne0 as u64, None)?,
-        target.len() as u64,
-    )?;
+    let nearest = quantize(ty, target, ne0 as u64, None)?;
+    let first = dequantize(ty, &nearest, target.len() as u64)?;
     let problem = Problem {
         grid,
-        bs,
         ne0,
         target,
         first: &first,
     };
     let damp = match &hessian.val {
-        Some(val) if val.diag().iter().any(|&v| v > 0.0) => problem.choose_damp(&hessian.gram, val),
+        Some(val) if val.diag().iter().any(|&v| v > 0.0) => match problem.row_sample() {
+            Some((target, first)) => Problem {
+                target: &target,
+                first: &first,
+                ..problem
+            }
+            .choose_damp(&hessian.gram, val),
+            None => problem.choose_damp(&hessian.gram, val),
+        },
         _ => Some(DEFAULT_DAMP),
     };
     let (chosen, moved) = match damp {
         Some(d) => problem.search(Gram::all(&hessian.gram), d),
         None => (first.clone(), 0),
     };
-    let data = quantize(ty, &chosen, ne0 as u64, None)?;
-    let stored = dequantize(ty, &data, target.len() as u64)?;
-    let mismatched = chosen
-        .chunks(bs)
-        .zip(stored.chunks(bs))
-        .map(|(c, st)| {
-            let span = c.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-30);
-            c.iter()
-                .zip(st)
-                .filter(|(a, b)| (*a - *b).abs() > 1e-3 * span)
-                .count()
-        })
-        .sum();
+    let mut data = quantize(ty, &chosen, ne0 as u64, None)?;
+    let mut stored = dequantize(ty, &data, target.len() as u64)?;
+    let mismatched = revert_mismatched(ty, &chosen, &nearest, &mut data, &stored);
+    if mismatched > 0 {
+        stored = dequantize(ty, &data, target.len() as u64)?;
+    }
     let bias = hessian
         .bias
         .as_ref()
@@ -175,10 +199,41 @@ pub fn round(ty: GgmlType, target: &[f32], ne0: usize, hessian: &Hessian) -> Res
     })
 }
 
+/// Blocks whose stored values differ from the chosen ones get `nearest`'s bytes back (in
+/// `data`); returns how many chosen weights the codec did not store.
+fn revert_mismatched(
+    ty: GgmlType,
+    chosen: &[f32],
+    nearest: &[u8],
+    data: &mut [u8],
+    stored: &[f32],
+) -> usize {
+    let (bs, bytes) = (ty.block_size() as usize, ty.type_size() as usize);
+    let mut mismatched = 0;
+    for (b, (c, st)) in chosen.chunks(bs).zip(stored.chunks(bs)).enumerate() {
+        let span = c.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-30);
+        let off = c
+            .iter()
+            .zip(st)
+            .filter(|(a, b)| (*a - *b).abs() > 1e-3 * span)
+            .count();
+        if off > 0 {
+            mismatched += off;
+            data[b * bytes..(b + 1) * bytes].copy_from_slice(&nearest[b * bytes..(b + 1) * bytes]);
+        }
+    }
+    mismatched
+}
+
+/// Rows the damping is chosen on at most (evenly spaced): a scalar per matrix, which a sample
+/// of rows estimates, while each candidate's search and score over every row of a wide matrix
+/// cost as much as the final search (at d_ffn 8192, 2048 rows: four products of 275 GFLOP).
+const DAMP_ROWS: usize = 1024;
+
 /// One matrix to round.
+#[derive(Clone, Copy)]
 struct Problem<'a> {
     grid: Grid,
-    bs: usize,
     ne0: usize,
     target: &'a [f32],
     /// ggml's nearest rounding of `target`, dequantized
@@ -186,6 +241,24 @@ struct Problem<'a> {
 }
 
 impl Problem<'_> {
+    /// The target's and ggml's rounding's rows the damping is chosen on, where there are more
+    /// than [`DAMP_ROWS`] (`None`: all of them).
+    fn row_sample(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        let (ne0, rows) = (self.ne0, self.target.len() / self.ne0);
+        if rows <= DAMP_ROWS {
+            return None;
+        }
+        let take = |v: &[f32]| -> Vec<f32> {
+            (0..DAMP_ROWS)
+                .flat_map(|i| {
+                    let r = i * rows / DAMP_ROWS;
+                    v[r * ne0..(r + 1) * ne0].iter().copied()
+                })
+                .collect()
+        };
+        Some((take(self.target), take(self.first)))
+    }
+
     /// `values − target`, `rows × ne0`.
     fn error(&self, values: &[f32]) -> Array2<f32> {
         let ne0 = self.ne0;
@@ -198,7 +271,7 @@ impl Problem<'_> {
     fn search(&self, gram: Gram, damp: f64) -> (Vec<f32>, usize) {
         let h = reduced(gram, self.ne0, damp);
         // The gradient of every row's error, H·eᵀ, in one product.
-        let g0 = par_dot(&self.error(self.first), &h);
+        let g0 = par_dot(self.error(self.first).view(), h.view());
         let g0 = g0.as_slice().expect("standard layout");
         let results: Vec<(Vec<f32>, usize)> = self
             .first
@@ -206,7 +279,7 @@ impl Problem<'_> {
             .zip(g0.par_chunks(self.ne0))
             .map(|(q, g)| {
                 let g = g.iter().map(|&v| v as f64).collect();
-                search_row(self.grid, self.bs, q, g, &h)
+                search_row(self.grid, q, g, &h)
             })
             .collect();
         let moved = results.iter().map(|r| r.1).sum();
@@ -227,7 +300,7 @@ impl Problem<'_> {
                 e.push_column(ndarray::ArrayView1::from(&b))
                     .expect("rows match");
             }
-            sum_product(&par_dot(&e, val), &e)
+            sum_product(par_dot(e.view(), val.view()).view(), e.view())
         };
         let mut best = (val_error(self.first), None);
         for d in DAMPS {
@@ -259,17 +332,20 @@ impl<'a> Gram<'a> {
     }
 }
 
-/// `a·b`, the rows of `a` shared out over the threads.
-fn par_dot(a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
+/// `a·b`, the rows of `a` shared out over the threads, written in place (no parts to join).
+fn par_dot(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
     const CHUNK: usize = 32;
-    let parts: Vec<Array2<f32>> = (0..a.nrows())
-        .step_by(CHUNK)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|r| a.slice(s![r..(r + CHUNK).min(a.nrows()), ..]).dot(b))
+    let mut out = Array2::<f32>::zeros((a.nrows(), b.ncols()));
+    let parts: Vec<(usize, ArrayViewMut2<f32>)> = out
+        .axis_chunks_iter_mut(Axis(0), CHUNK)
+        .enumerate()
+        .map(|(i, o)| (i * CHUNK, o))
         .collect();
-    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-    ndarray::concatenate(ndarray::Axis(0), &views).expect("same widths")
+    parts.into_par_iter().for_each(|(r0, mut o)| {
+        let rows = a.slice(s![r0..r0 + o.nrows(), ..]);
+        general_mat_mul(1.0, &rows, &b, 0.0, &mut o);
+    });
+    out
 }
 
 /// The bias that best absorbs the error `e` (`rows × ne0`) over `gram` (one wider, the
@@ -282,7 +358,7 @@ fn best_bias(e: &Array2<f32>, gram: Gram) -> Vec<f32> {
 }
 
 /// `Σ a ⊙ b`, accumulated in f64.
-fn sum_product(a: &Array2<f32>, b: &Array2<f32>) -> f64 {
+fn sum_product(a: ArrayView2<f32>, b: ArrayView2<f32>) -> f64 {
     a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
 }
 
@@ -313,29 +389,25 @@ fn reduced(gram: Gram, ne0: usize, damp: f64) -> Array2<f32> {
 /// One row: start from `q` (ggml's rounding of the target `t`; `g` = H·(q − t)ᵀ), move weights
 /// a grid step at a time while `e·H·eᵀ` falls. Returns the chosen values and how many weights
 /// differ from `q`.
-fn search_row(
-    grid: Grid,
-    bs: usize,
-    q: &[f32],
-    mut g: Vec<f64>,
-    h: &Array2<f32>,
-) -> (Vec<f32>, usize) {
+fn search_row(grid: Grid, q: &[f32], mut g: Vec<f64>, h: &Array2<f32>) -> (Vec<f32>, usize) {
     let n = q.len();
-    // Per weight: its code, the block's step, and whether it holds the block's grid (a block's
-    // extremes: its lowest and highest code, or for Q4_0/Q5_0 the code of its largest magnitude).
+    // Per weight: its code, the block's step and highest code, and whether it holds the block's
+    // grid (a block's extremes: its lowest and highest code, or for Q4_0/Q5_0 the code of its
+    // largest magnitude).
+    let bs = grid.sub;
     let mut code = vec![0i32; n];
     let mut step = vec![0f64; n];
-    let mut frozen = vec![false; n];
+    let mut top = vec![0i32; n];
+    let mut frozen = vec![true; n];
     for b in (0..n).step_by(bs) {
-        let (d, b0) = block_grid(grid, &q[b..b + bs]);
+        let Some((d, b0, last)) = block_grid(grid, &q[b..b + bs]) else {
+            continue;
+        };
         for i in b..b + bs {
             step[i] = d;
-            if d == 0.0 {
-                frozen[i] = true;
-                continue;
-            }
+            top[i] = last;
             code[i] = ((q[i] as f64 - b0) / d).round() as i32;
-            frozen[i] = code[i] == 0 || (!grid.extreme_low && code[i] == grid.levels - 1);
+            frozen[i] = code[i] == 0 || (!grid.extreme_low && code[i] == last);
         }
     }
     let start = code.clone();
@@ -351,7 +423,7 @@ fn search_row(
             // Moving val_j by s·d changes e·H·eᵀ by d²·H_jj + 2·s·d·g_j.
             let s: i32 = if d * g[j] > 0.0 { -1 } else { 1 };
             let k = code[j] + s;
-            if k < 0 || k >= grid.levels {
+            if k < 0 || k > top[j] {
                 continue;
             }
             let dv = s as f64 * d;
@@ -374,9 +446,13 @@ fn search_row(
     (val.into_iter().map(|v| v as f32).collect(), moved)
 }
 
-/// A block's step and base (value = `base + code·step`) from ggml's dequantized rounding of it.
-fn block_grid(grid: Grid, v: &[f32]) -> (f64, f64) {
-    if grid.with_min {
+/// A block's step, base and highest code (value = `base + code·step`) from ggml's dequantized
+/// rounding of it; `None` where it cannot be moved on (all one value, or off any one grid).
+fn block_grid(grid: Grid, v: &[f32]) -> Option<(f64, f64, i32)> {
+    if grid.inferred {
+        return inferred_grid(grid, v);
+    }
+    let (d, base) = if grid.with_min {
         let lo = v.iter().copied().fold(f32::INFINITY, f32::min) as f64;
         let hi = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
         ((hi - lo) / (grid.levels - 1) as f64, lo)
@@ -392,21 +468,48 @@ fn block_grid(grid: Grid, v: &[f32]) -> (f64, f64) {
             extreme.abs() / off
         };
         (d, -off * d)
+    };
+    (d > 0.0).then_some((d, base, grid.levels - 1))
+}
+
+/// A k-quant sub-block's grid read off its values: the smallest gap between distinct values is
+/// the step (a multiple of the true one where codes skip, which only makes moves coarser), the
+/// lowest value code 0, the highest the top code; `None` unless every value sits on that grid.
+fn inferred_grid(grid: Grid, v: &[f32]) -> Option<(f64, f64, i32)> {
+    let mut sorted: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+    sorted.sort_by(f64::total_cmp);
+    let (lo, hi) = (sorted[0], sorted[sorted.len() - 1]);
+    let span = hi - lo;
+    if span <= 0.0 || !span.is_finite() {
+        return None;
     }
+    let d = sorted
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .filter(|&g| g > 1e-4 * span)
+        .fold(f64::INFINITY, f64::min);
+    let last = (span / d).round();
+    if last < 1.0 || last >= grid.levels as f64 {
+        return None;
+    }
+    let on_grid = sorted.iter().all(|&x| {
+        let k = (x - lo) / d;
+        (k - k.round()).abs() < 1e-2
+    });
+    on_grid.then_some((d, lo, last as i32))
 }
 
 /// `(tr(C·H·Cᵀ), tr(C·H·Dᵀ), tr(D·H·Dᵀ))` for `rows × n` matrices and the leading `n × n` block
-/// of `gram`: the stored change `C` against the edit `D` on the layer's output.
+/// of `gram`: the stored change `C` against the edit `D` on the layer's output. One product
+/// is held at a time and the Gram is read in place (at d_ffn 8192 it is 268 MB).
 pub fn h_products(c: ArrayView2<f32>, d: ArrayView2<f32>, gram: &Array2<f32>) -> (f64, f64, f64) {
     let n = c.ncols();
-    let h = gram.slice(s![..n, ..n]).to_owned();
-    let (c, d) = (c.to_owned(), d.to_owned());
-    let (ch, dh) = (par_dot(&c, &h), par_dot(&d, &h));
-    (
-        sum_product(&ch, &c),
-        sum_product(&ch, &d),
-        sum_product(&dh, &d),
-    )
+    let h = gram.slice(s![..n, ..n]);
+    let ch = par_dot(c, h);
+    let (cc, cd) = (sum_product(ch.view(), c), sum_product(ch.view(), d));
+    drop(ch);
+    let dd = sum_product(par_dot(d, h).view(), d);
+    (cc, cd, dd)
 }
 
 #[cfg(test)]
@@ -416,7 +519,8 @@ mod tests {
 
     /// Weights on `ty`'s grid, an edit under half a step, correlated inputs.
     fn problem(ty: GgmlType, bias: bool) -> (Vec<f32>, Vec<f32>, Array2<f32>, Array2<f32>) {
-        let (rows, n) = (16, 128);
+        // One 256-wide super-block per row for the k-quants.
+        let (rows, n) = (16, 128.max(ty.block_size() as usize));
         let mut s = 11u64;
         let mix = Array2::from_shape_fn(
             (n, n),
@@ -524,6 +628,57 @@ mod tests {
         );
         assert!(r.damp.is_some(), "nearest kept");
         assert!(er < en, "chosen {er}, nearest {en} on new inputs");
+    }
+
+    #[test]
+    fn k_quant_rounding_keeps_the_output_closer_than_nearest_on_new_inputs() {
+        for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+            let (w, target, x, g) = problem(ty, false);
+            let n = x.ncols();
+            let xv = x.slice(s![768..1024, ..]).to_owned();
+            let fresh = x.slice(s![1024.., ..]).to_owned();
+            let h = Hessian {
+                gram: g,
+                val: Some(xv.t().dot(&xv)),
+                bias: None,
+                search: true,
+            };
+            let r = round(ty, &target, n, &h).unwrap();
+            let near = quantize(ty, &target, n as u64, None).unwrap();
+            let near = dequantize(ty, &near, target.len() as u64).unwrap();
+            let (er, en, e0) = (
+                out_err(&r.stored, &target, &fresh, None),
+                out_err(&near, &target, &fresh, None),
+                out_err(&w, &target, &fresh, None),
+            );
+            assert!(r.moved > 0 && r.damp.is_some(), "{ty:?}: nothing moved");
+            assert!(
+                er < 0.9 * en.min(e0),
+                "{ty:?}: chosen {er}, nearest {en}, unedited {e0} on new inputs"
+            );
+            // The bytes are what `stored` says, and the codec kept most chosen weights as chosen
+            // (blocks it did not were stored as nearest rounding).
+            let back = dequantize(ty, &r.data, target.len() as u64).unwrap();
+            assert_eq!(back, r.stored);
+            assert!(
+                r.mismatched * 4 < target.len(),
+                "{ty:?}: {} of {} weights not stored as chosen",
+                r.mismatched,
+                target.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_sub_block_off_one_grid_is_left_alone() {
+        let grid = grid(GgmlType::Q4_K).unwrap();
+        let on: Vec<f32> = (0..32).map(|i| -0.3 + 0.05 * (i % 16) as f32).collect();
+        let (d, base, top) = inferred_grid(grid, &on).unwrap();
+        assert!((d - 0.05).abs() < 1e-6 && (base + 0.3).abs() < 1e-6 && top == 15);
+        let mut off = on.clone();
+        off[5] += 0.02;
+        assert!(inferred_grid(grid, &off).is_none());
+        assert!(inferred_grid(grid, &[0.25; 32]).is_none());
     }
 
     #[test]
