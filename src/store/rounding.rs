@@ -605,12 +605,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_damping_chosen_on_validation_rows_carries_over_to_new_inputs() {
-        let ty = GgmlType::Q4_1;
-        let (_, target, x, g) = problem(ty, false);
+    /// `ty`'s problem rounded with the damping chosen on validation rows (the last quarter of
+    /// the calibration inputs), and the output errors on new draws of the chosen, the nearest
+    /// and the unedited weights.
+    fn on_new_inputs(ty: GgmlType) -> (Rounded, Vec<f32>, [f64; 3]) {
+        let (w, target, x, g) = problem(ty, false);
         let n = x.ncols();
-        // Validation: the last quarter of the calibration inputs; then new draws.
         let xv = x.slice(s![768..1024, ..]).to_owned();
         let fresh = x.slice(s![1024.., ..]).to_owned();
         let h = Hessian {
@@ -622,10 +622,13 @@ mod tests {
         let r = round(ty, &target, n, &h).unwrap();
         let near = quantize(ty, &target, n as u64, None).unwrap();
         let near = dequantize(ty, &near, target.len() as u64).unwrap();
-        let (er, en) = (
-            out_err(&r.stored, &target, &fresh, None),
-            out_err(&near, &target, &fresh, None),
-        );
+        let errors = [&r.stored, &near, &w].map(|q| out_err(q, &target, &fresh, None));
+        (r, target, errors)
+    }
+
+    #[test]
+    fn the_damping_chosen_on_validation_rows_carries_over_to_new_inputs() {
+        let (r, _, [er, en, _]) = on_new_inputs(GgmlType::Q4_1);
         assert!(r.damp.is_some(), "nearest kept");
         assert!(er < en, "chosen {er}, nearest {en} on new inputs");
     }
@@ -633,24 +636,7 @@ mod tests {
     #[test]
     fn k_quant_rounding_keeps_the_output_closer_than_nearest_on_new_inputs() {
         for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
-            let (w, target, x, g) = problem(ty, false);
-            let n = x.ncols();
-            let xv = x.slice(s![768..1024, ..]).to_owned();
-            let fresh = x.slice(s![1024.., ..]).to_owned();
-            let h = Hessian {
-                gram: g,
-                val: Some(xv.t().dot(&xv)),
-                bias: None,
-                search: true,
-            };
-            let r = round(ty, &target, n, &h).unwrap();
-            let near = quantize(ty, &target, n as u64, None).unwrap();
-            let near = dequantize(ty, &near, target.len() as u64).unwrap();
-            let (er, en, e0) = (
-                out_err(&r.stored, &target, &fresh, None),
-                out_err(&near, &target, &fresh, None),
-                out_err(&w, &target, &fresh, None),
-            );
+            let (r, target, [er, en, e0]) = on_new_inputs(ty);
             assert!(r.moved > 0 && r.damp.is_some(), "{ty:?}: nothing moved");
             assert!(
                 er < 0.9 * en.min(e0),

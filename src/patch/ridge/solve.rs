@@ -187,21 +187,37 @@ mod tests {
         (a - b).iter().fold(0.0f64, |m, v| m.max(v.abs())) / scale
     }
 
+    /// A problem's training system at λ `l` solved three ways.
+    struct Solves {
+        /// by [`solve_normal`]
+        got: Array2<f64>,
+        /// in f64
+        want: Array2<f64>,
+        /// by the f32 factor alone, unrefined
+        once: Array2<f64>,
+    }
+
+    impl Solves {
+        fn of(r: &Ridge, d: usize, l: f64) -> Solves {
+            let extra = ridge_diagonal(&r.train.g, d, l);
+            let want = solve_normal_f64(&r.train.g, &r.train.c, &extra).unwrap();
+            let mut scratch = Array2::zeros(r.train.g.raw_dim());
+            let got = solve_normal(&r.train.g, &r.train.c, d, l, &mut scratch).unwrap();
+            let once = cholesky_solve(&scratch, r.train.c.clone())
+                .unwrap()
+                .mapv(f64::from);
+            Solves { got, want, once }
+        }
+    }
+
     #[test]
     fn the_f32_factor_refined_gives_the_f64_solution() {
         // Condition number ~1e5 with a λ below the grid's, 700 columns (two chunks): the f32
         // factor alone is off by more than REFINED, so the solve refines.
         let (d, m) = (200, 700);
         let r = correlated(d, m, 20, 0.01);
-        let l = 1e-4 * r.lambda_unit();
-        let extra = ridge_diagonal(&r.train.g, d, l);
-        let want = solve_normal_f64(&r.train.g, &r.train.c, &extra).unwrap();
-        let mut scratch = Array2::zeros(r.train.g.raw_dim());
-        let got = solve_normal(&r.train.g, &r.train.c, d, l, &mut scratch).unwrap();
         // The f32 factor alone is far coarser than this: the refinement is what gets here.
-        let once = cholesky_solve(&scratch, r.train.c.clone())
-            .unwrap()
-            .mapv(f64::from);
+        let Solves { got, want, once } = Solves::of(&r, d, 1e-4 * r.lambda_unit());
         let (refined, coarse) = (
             relative_difference(&got, &want),
             relative_difference(&once, &want),
@@ -218,14 +234,7 @@ mod tests {
         // Condition ~1e2: the f32 factor's answer is within REFINED of f64's and is kept as is.
         let (d, m) = (120, 40);
         let r = correlated(d, m, 120, 0.3);
-        let l = LAMBDA_GRID[2] * r.lambda_unit();
-        let extra = ridge_diagonal(&r.train.g, d, l);
-        let want = solve_normal_f64(&r.train.g, &r.train.c, &extra).unwrap();
-        let mut scratch = Array2::zeros(r.train.g.raw_dim());
-        let got = solve_normal(&r.train.g, &r.train.c, d, l, &mut scratch).unwrap();
-        let once = cholesky_solve(&scratch, r.train.c.clone())
-            .unwrap()
-            .mapv(f64::from);
+        let Solves { got, want, once } = Solves::of(&r, d, LAMBDA_GRID[2] * r.lambda_unit());
         assert_eq!(got, once, "a refinement step was taken");
         let diff = relative_difference(&got, &want);
         assert!(diff < REFINED, "difference {diff:e}");
