@@ -164,15 +164,15 @@ pub fn round(ty: GgmlType, target: &[f32], ne0: usize, hessian: &Hessian) -> Res
         first: &first,
     };
     let damp = match &hessian.val {
-        Some(val) if val.diag().iter().any(|&v| v > 0.0) => match problem.row_sample() {
-            Some((target, first)) => Problem {
-                target: &target,
-                first: &first,
+        Some(val) if val.diag().iter().any(|&v| v > 0.0) => {
+            let sample = problem.row_sample();
+            let on = sample.as_ref().map_or(problem, |(target, first)| Problem {
+                target,
+                first,
                 ..problem
-            }
-            .choose_damp(&hessian.gram, val),
-            None => problem.choose_damp(&hessian.gram, val),
-        },
+            });
+            on.choose_damp(&hessian.gram, val)
+        }
         _ => Some(DEFAULT_DAMP),
     };
     let (chosen, moved) = match damp {
@@ -181,10 +181,7 @@ pub fn round(ty: GgmlType, target: &[f32], ne0: usize, hessian: &Hessian) -> Res
     };
     let mut data = quantize(ty, &chosen, ne0 as u64, None)?;
     let mut stored = dequantize(ty, &data, target.len() as u64)?;
-    let mismatched = revert_mismatched(ty, &chosen, &nearest, &mut data, &stored);
-    if mismatched > 0 {
-        stored = dequantize(ty, &data, target.len() as u64)?;
-    }
+    let mismatched = revert_mismatched(ty, &chosen, (&nearest, &first), &mut data, &mut stored);
     let bias = hessian
         .bias
         .as_ref()
@@ -199,27 +196,30 @@ pub fn round(ty: GgmlType, target: &[f32], ne0: usize, hessian: &Hessian) -> Res
     })
 }
 
-/// Blocks whose stored values differ from the chosen ones get `nearest`'s bytes back (in
-/// `data`); returns how many chosen weights the codec did not store.
+/// Blocks whose stored values differ from the chosen ones get ggml's nearest rounding back, its
+/// bytes and what they dequantize to (`nearest`), in `data` and `stored`; returns how many
+/// chosen weights the codec did not store.
 fn revert_mismatched(
     ty: GgmlType,
     chosen: &[f32],
-    nearest: &[u8],
+    nearest: (&[u8], &[f32]),
     data: &mut [u8],
-    stored: &[f32],
+    stored: &mut [f32],
 ) -> usize {
     let (bs, bytes) = (ty.block_size() as usize, ty.type_size() as usize);
     let mut mismatched = 0;
-    for (b, (c, st)) in chosen.chunks(bs).zip(stored.chunks(bs)).enumerate() {
+    for (b, (c, st)) in chosen.chunks(bs).zip(stored.chunks_mut(bs)).enumerate() {
         let span = c.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-30);
         let off = c
             .iter()
-            .zip(st)
+            .zip(st.iter())
             .filter(|(a, b)| (*a - *b).abs() > 1e-3 * span)
             .count();
         if off > 0 {
             mismatched += off;
-            data[b * bytes..(b + 1) * bytes].copy_from_slice(&nearest[b * bytes..(b + 1) * bytes]);
+            let (raw, vals) = (b * bytes..(b + 1) * bytes, b * bs..(b + 1) * bs);
+            data[raw.clone()].copy_from_slice(&nearest.0[raw]);
+            st.copy_from_slice(&nearest.1[vals]);
         }
     }
     mismatched
