@@ -72,6 +72,9 @@ pub struct Family {
     pub post_ffn_norm: bool,
     /// whether layers may attend through a sliding window (`{arch}.attention.sliding_window`)
     pub sliding_window: bool,
+    /// whether the graph scales token embeddings by `√n_embd` before the first block (input
+    /// embeddings given in their place are not scaled)
+    pub scaled_embeddings: bool,
     /// the `bake` student's graph; `None`: bake refuses the family
     pub student: Option<StudentGraph>,
     /// why nothing supports the family yet, when nothing does
@@ -99,6 +102,7 @@ pub const FAMILIES: [Family; 4] = [
         out_biases: true,
         post_ffn_norm: false,
         sliding_window: false,
+        scaled_embeddings: false,
         student: Some(StudentGraph::Llama),
         refused: None,
     },
@@ -108,6 +112,7 @@ pub const FAMILIES: [Family; 4] = [
         out_biases: false,
         post_ffn_norm: false,
         sliding_window: false,
+        scaled_embeddings: false,
         student: None,
         refused: None,
     },
@@ -121,6 +126,7 @@ pub const FAMILIES: [Family; 4] = [
         out_biases: false,
         post_ffn_norm: true,
         sliding_window: true,
+        scaled_embeddings: true,
         student: Some(StudentGraph::Gemma3),
         refused: None,
     },
@@ -130,6 +136,7 @@ pub const FAMILIES: [Family; 4] = [
         out_biases: true,
         post_ffn_norm: false,
         sliding_window: false,
+        scaled_embeddings: false,
         student: None,
         refused: Some(
             "llama.cpp scales each granite block's output by f_residual_scale, which gguf-sleep \

@@ -398,6 +398,59 @@ fn generate_with_a_shared_prompt_starts_from_whole_prefill_distributions() {
     }
 }
 
+/// Layer 0 cut out and fed the tokens' embeddings as `patch::slice::token_embeddings` forms
+/// them (dequantized rows of `token_embd`, Gemma-3's scaled by √n_embd) reproduces the full
+/// model's layer 0 run from the tokens; unscaled, Gemma-3's does not.
+#[test]
+fn layer_zero_run_alone_on_token_embeddings_reproduces_the_full_model() {
+    for path in [util::smollm2(), util::gemma3()] {
+        let model = Model::load(&path).unwrap();
+        let file = GgufFile::open(&path).unwrap();
+        let scale = gguf_sleep::patch::facts::Arch::from_file(&file)
+            .unwrap()
+            .embed_scale;
+        let tokens = conversation(&model);
+        let opts = ContextOptions {
+            capture: true,
+            ..Default::default()
+        };
+        let kinds = [Kind::MlpHidden, Kind::BlockOut];
+        let mut req = Request::new(&kinds, [0]);
+        req.stop_early = true;
+        let full = {
+            let mut ctx = Context::new(&model, &opts).unwrap();
+            capture::run(&mut ctx, &tokens, &req).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("layer0.gguf");
+        gguf_sleep::patch::slice::write_layer(&file, 0, &gguf::Edits::new(), &out).unwrap();
+        let single = Model::load(&out).unwrap();
+        let mut ctx = Context::new(&single, &opts).unwrap();
+        let mut err = |scale: f32| {
+            let x = gguf_sleep::patch::slice::token_embeddings(&file, &tokens, scale).unwrap();
+            assert_eq!((x.rows, x.cols), (tokens.len(), model.info().n_embd));
+            let alone = capture::run_embeddings(&mut ctx, &x, &req).unwrap();
+            kinds
+                .iter()
+                .map(|&k| rel_err(&alone.tensors[&(k, 0)].data, &full.tensors[&(k, 0)].data))
+                .fold(0f64, f64::max)
+        };
+        let e = err(scale);
+        assert!(e < 1e-4, "{}: relative error {e}", path.display());
+        if scale != 1.0 {
+            let unscaled = err(1.0);
+            assert!(
+                unscaled > 1e-2,
+                "{}: unscaled error {unscaled}",
+                path.display()
+            );
+        }
+    }
+    let file = GgufFile::open(util::smollm2()).unwrap();
+    let bad = gguf_sleep::patch::slice::token_embeddings(&file, &[1, -3], 1.0).unwrap_err();
+    assert!(bad.to_string().contains("vocabulary"), "{bad}");
+}
+
 /// A layer cut out into a file of its own (`patch::slice`) and fed, as input embeddings, the
 /// residual stream entering it in the full model reproduces the full model's activations of
 /// that layer: a sliding-window and a global layer of Gemma-3, two layers of SmolLM2.

@@ -99,6 +99,13 @@ impl GgufFile {
         &self.file
     }
 
+    /// Drops every page of the file from this process's resident set (they stay in the page
+    /// cache, and are read back on the next access): for a long run that reads a large model
+    /// a piece at a time. Best effort.
+    pub fn release_pages(&self) {
+        self.release(0, self.bytes().len());
+    }
+
     /// Drops the pages of `bytes()[offset..offset + len]` from this process's resident set
     /// (they stay in the page cache); used while streaming so that copying a large model does
     /// not grow the resident set. Best effort: errors are ignored.

@@ -22,6 +22,8 @@ pub struct Arch {
     pub has_out_biases: bool,
     /// per-layer weights of the norm after the MLP (gemma3), else empty
     pub ffn_post_norm: Vec<Vec<f32>>,
+    /// what the graph multiplies token embeddings by before the first block (gemma3: `√n_embd`)
+    pub embed_scale: f32,
 }
 
 impl Arch {
@@ -69,6 +71,11 @@ impl Arch {
             n_ff,
             has_out_biases: family.out_biases,
             ffn_post_norm,
+            embed_scale: if family.scaled_embeddings {
+                (n_embd as f32).sqrt()
+            } else {
+                1.0
+            },
         })
     }
 }

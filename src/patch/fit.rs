@@ -22,15 +22,17 @@ pub enum Fitted {
     Stored(gguf::Edits, Vec<TensorReport>),
 }
 
-/// Solve layer `l`'s problem and turn the solution into its deltas.
+/// Solve layer `l`'s problem (λ's search starting at `lambda_start`, see [`Ridge::solve_from`])
+/// and turn the solution into its deltas.
 pub fn solve_layer(
     opts: &PatchOptions,
     l: usize,
     prob: &mut Ridge,
     weights: &dyn Weights,
+    lambda_start: Option<f64>,
 ) -> Result<(Vec<Delta>, LayerReport)> {
     let importance = prob.feature_power();
-    let sol = prob.solve(opts.lambda)?;
+    let sol = prob.solve_from(opts.lambda, lambda_start)?;
     // After the solve, whose factorisations are the larger working set.
     let grams = prob.grams();
     let d = method::deltas(

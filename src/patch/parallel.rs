@@ -92,7 +92,7 @@ pub fn fit(
             crate::engine::with_single_threaded_lapack(|| {
                 batch
                     .into_par_iter()
-                    .map(|(mut prob, l)| solve_layer(opts, l, &mut prob, weights))
+                    .map(|(mut prob, l)| solve_layer(opts, l, &mut prob, weights, None))
                     .collect()
             });
         t_solve += t.elapsed().as_secs_f64();

@@ -5,9 +5,11 @@
 //! The prompted run never changes: it is captured once for every layer and spilled to disk.
 //! Every method edits only tensors of the layer it fits, so the unprompted run needs no
 //! re-run of the layers before: the residual stream entering layer l is kept for every
-//! calibration token, and layer l, cut out into a file of its own ([`super::slice`]), runs on
+//! calibration token (at the first layer fitted, the tokens' embeddings or the output of the
+//! layer before it), and layer l, cut out into a file of its own ([`super::slice`]), runs on
 //! it once unpatched (the activations the fit needs) and once patched, as stored (the stream
-//! entering layer l+1). Two one-layer passes per layer instead of `L²/2` layer passes.
+//! entering layer l+1). Two one-layer passes per layer instead of `L²/2` layer passes, and no
+//! copy of the whole model on disk.
 
 use anyhow::{Context as _, Result};
 use std::path::Path;
@@ -163,32 +165,23 @@ impl ByLayer<'_> {
         let (_, uk) = method::kinds(self.run.opts.method, self.run.arch);
         let layer_file = self.work.join("layer.gguf");
         // The residual stream entering the layer being fitted, per conversation, every token.
-        let mut stream: Vec<Matrix> = Vec::new();
+        let mut stream = self.first_inputs(layers[0])?;
         let (mut t_capture, mut t_solve, mut t_update) = (0.0, 0.0, 0.0);
         let (mut stored, mut stored_reports) = (gguf::Edits::new(), Vec::new());
         let mut reports = Vec::new();
         for (n, &l) in layers.iter().enumerate() {
             let t = Instant::now();
-            let targets = self.prompted.layer(l)?;
             let mut prob = method::problem(self.run.opts.method, self.run.arch);
             {
-                // The first layer runs in the full model from the tokens; later ones alone.
-                let (model, local) = if n == 0 {
-                    (Model::load(self.run.input)?, l)
-                } else {
-                    slice::write_layer(self.run.src, l, &gguf::Edits::new(), &layer_file)?;
-                    (Model::load(&layer_file)?, 0)
-                };
-                let mut req = Request::new(&uk, [local]);
+                // The prompted rows are in `prob` once added: not held through the solve.
+                let targets = self.prompted.layer(l)?;
+                slice::write_layer(self.run.src, l, &gguf::Edits::new(), &layer_file)?;
+                let model = Model::load(&layer_file)?;
+                let mut req = Request::new(&uk, [0]);
                 req.stop_early = true;
                 let mut ctx = Context::new(&model, self.run.copts)?;
-                for (i, p) in self.run.pairs.iter().enumerate() {
-                    let c = if n == 0 {
-                        capture::run(&mut ctx, &p.unprompted, &req)?
-                    } else {
-                        capture::run_embeddings(&mut ctx, &stream[i], &req)?
-                    };
-                    let rows: Rows = c
+                for (i, x) in stream.iter().enumerate() {
+                    let rows: Rows = capture::run_embeddings(&mut ctx, x, &req)?
                         .tensors
                         .into_iter()
                         .map(|((k, _), m)| ((k, l), m))
@@ -198,7 +191,9 @@ impl ByLayer<'_> {
             }
             t_capture += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            let (d, r) = solve_layer(self.run.opts, l, &mut prob, self.run.weights)?;
+            // λ's search starts where the layer before ended.
+            let start = reports.last().and_then(|r: &LayerReport| r.lambda);
+            let (d, r) = solve_layer(self.run.opts, l, &mut prob, self.run.weights, start)?;
             drop(prob); // the normal equations; the edits carry the Grams they need
             reports.push(r);
             t_solve += t.elapsed().as_secs_f64();
@@ -213,27 +208,21 @@ impl ByLayer<'_> {
             stored_reports.extend(r);
             if n + 1 < layers.len() {
                 // The stream leaving the patched layer, as stored (requantized), enters l+1.
+                let full;
                 let edits = if self.run.opts.strength == 1.0 {
-                    out.clone()
+                    &out
                 } else {
-                    store::to_gguf_edits(self.run.src, &d, 1.0, self.run.opts.edit_type)?.0
+                    full = store::to_gguf_edits(self.run.src, &d, 1.0, self.run.opts.edit_type)?.0;
+                    &full
                 };
-                let next = if n == 0 {
-                    let full = self.work.join("first.gguf");
-                    gguf::write(self.run.src, &edits, &full, &output::scratch_options())?;
-                    let model = Model::load(&full)?;
-                    let out = self.block_outputs(&model, l, None)?;
-                    drop(model);
-                    std::fs::remove_file(&full).ok();
-                    out
-                } else {
-                    slice::write_layer(self.run.src, l, &edits, &layer_file)?;
-                    let model = Model::load(&layer_file)?;
-                    self.block_outputs(&model, 0, Some(&stream))?
-                };
-                stream = next;
+                slice::write_layer(self.run.src, l, edits, &layer_file)?;
+                let model = Model::load(&layer_file)?;
+                self.block_outputs(&model, 0, Some(&mut stream))?;
             }
             t_update += t.elapsed().as_secs_f64();
+            // The input's pages this layer read (its weights, the slice's shared tensors) are
+            // read again only by the next slice: out of the resident set until then.
+            self.run.src.release_pages();
             stored.extend(out);
             progress("layers", n + 1, layers.len());
         }
@@ -243,28 +232,47 @@ impl ByLayer<'_> {
         Ok((Fitted::Stored(stored, stored_reports), reports))
     }
 
-    /// Every conversation's output of layer `layer` of `model` (all tokens), from the tokens
-    /// or from input embeddings.
+    /// The residual stream entering layer `l` for every conversation (all tokens): the tokens'
+    /// embeddings for layer 0, else the full model's output of layer `l − 1`.
+    fn first_inputs(&self, l: usize) -> Result<Vec<Matrix>> {
+        if l == 0 {
+            let scale = self.run.arch.embed_scale;
+            return self
+                .run
+                .pairs
+                .iter()
+                .map(|p| slice::token_embeddings(self.run.src, &p.unprompted, scale))
+                .collect();
+        }
+        self.block_outputs(&Model::load(self.run.input)?, l - 1, None)
+    }
+
+    /// Every conversation's output of layer `layer` of `model` (all tokens): from the tokens,
+    /// or with `stream` given, from it as input embeddings, each conversation's input replaced
+    /// by its output as it is computed (one stream is held, not two).
     fn block_outputs(
         &self,
         model: &Model,
         layer: usize,
-        input: Option<&[Matrix]>,
+        mut stream: Option<&mut Vec<Matrix>>,
     ) -> Result<Vec<Matrix>> {
         let mut req = Request::new(&[Kind::BlockOut], [layer]);
         req.stop_early = true;
         let mut ctx = Context::new(model, self.run.copts)?;
-        let mut out = Vec::with_capacity(self.run.pairs.len());
+        let mut out = Vec::new();
         for (i, p) in self.run.pairs.iter().enumerate() {
-            let mut c = match input {
+            let mut c = match stream.as_deref() {
                 None => capture::run(&mut ctx, &p.unprompted, &req)?,
                 Some(x) => capture::run_embeddings(&mut ctx, &x[i], &req)?,
             };
-            out.push(
-                c.tensors
-                    .remove(&(Kind::BlockOut, layer))
-                    .context("llama.cpp returned no block output")?,
-            );
+            let o = c
+                .tensors
+                .remove(&(Kind::BlockOut, layer))
+                .context("llama.cpp returned no block output")?;
+            match stream.as_deref_mut() {
+                None => out.push(o),
+                Some(x) => x[i] = o,
+            }
         }
         Ok(out)
     }

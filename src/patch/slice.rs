@@ -7,6 +7,7 @@
 //! of layer l (the second copy is never computed: capture stops after the first). Everything
 //! else about the layer stays as in the full model: its tensors byte for byte, its metadata,
 //! the per-layer entries of arrays, and (gemma3) whether it attends through the sliding window.
+//! The stream entering the first block is the tokens' embeddings ([`token_embeddings`]).
 
 use anyhow::{Context as _, Result};
 use std::path::Path;
@@ -14,6 +15,7 @@ use std::path::Path;
 use gguf::{Array, Edits, GgufFile, NewTensor, Value, ValueType};
 
 use crate::arch::Family;
+use crate::capture::Matrix;
 
 /// Write a model whose layers 0 and 1 are both layer `l` of `src` to `out`, with `edits`'
 /// replacements and additions of layer l's tensors applied (its other edits are ignored).
@@ -116,4 +118,43 @@ fn same_int_type(v: &Value, n: u64) -> Value {
         Value::I64(_) => Value::I64(n as i64),
         _ => Value::U32(n as u32),
     }
+}
+
+/// The residual stream entering block 0 for `tokens`, as llama.cpp's graph forms it: each
+/// token's row of `token_embd.weight` dequantized by ggml's codec, times `scale` (the graph's
+/// token-embedding scale, [`super::facts::Arch::embed_scale`]).
+pub fn token_embeddings(src: &GgufFile, tokens: &[i32], scale: f32) -> Result<Matrix> {
+    let info = src
+        .header()
+        .tensor("token_embd.weight")
+        .context("the model has no token_embd.weight")?;
+    let (ne0, n_vocab) = match info.dims[..] {
+        [a, b] => (a as usize, b as usize),
+        _ => anyhow::bail!("token_embd.weight is not a matrix"),
+    };
+    let ty = info.ggml_type;
+    let (bs, bytes) = (ty.block_size() as usize, ty.type_size() as usize);
+    anyhow::ensure!(
+        ne0 % bs == 0,
+        "token_embd.weight rows do not fill whole blocks"
+    );
+    let row_bytes = ne0 / bs * bytes;
+    let data = src.tensor_data(info);
+    let mut out = Vec::with_capacity(tokens.len() * ne0);
+    for &t in tokens {
+        let t = usize::try_from(t)
+            .ok()
+            .filter(|&t| t < n_vocab)
+            .with_context(|| format!("token {t} is outside the vocabulary of {n_vocab}"))?;
+        let row = data
+            .get(t * row_bytes..(t + 1) * row_bytes)
+            .context("token_embd.weight is shorter than its shape")?;
+        let v = crate::engine::dequantize(ty, row, ne0 as u64)?;
+        out.extend(v.into_iter().map(|x| x * scale));
+    }
+    Ok(Matrix {
+        rows: tokens.len(),
+        cols: ne0,
+        data: out,
+    })
 }

@@ -228,7 +228,7 @@ fn revert_mismatched(
 /// Rows the damping is chosen on at most (evenly spaced): a scalar per matrix, which a sample
 /// of rows estimates, while each candidate's search and score over every row of a wide matrix
 /// cost as much as the final search (at d_ffn 8192, 2048 rows: four products of 275 GFLOP).
-const DAMP_ROWS: usize = 1024;
+const DAMP_ROWS: usize = 256;
 
 /// One matrix to round.
 #[derive(Clone, Copy)]
@@ -273,14 +273,12 @@ impl Problem<'_> {
         // The gradient of every row's error, H·eᵀ, in one product.
         let g0 = par_dot(self.error(self.first).view(), h.view());
         let g0 = g0.as_slice().expect("standard layout");
+        let group = GROUP * self.ne0;
         let results: Vec<(Vec<f32>, usize)> = self
             .first
-            .par_chunks(self.ne0)
-            .zip(g0.par_chunks(self.ne0))
-            .map(|(q, g)| {
-                let g = g.iter().map(|&v| v as f64).collect();
-                search_row(self.grid, q, g, &h)
-            })
+            .par_chunks(group)
+            .zip(g0.par_chunks(group))
+            .flat_map_iter(|(q, g)| search_rows(self.grid, q, g, &h))
             .collect();
         let moved = results.iter().map(|r| r.1).sum();
         (results.into_iter().flat_map(|r| r.0).collect(), moved)
@@ -371,13 +369,20 @@ fn reduced(gram: Gram, ne0: usize, damp: f64) -> Array2<f32> {
         let nb = gram.at(ne0, ne0).max(1e-30);
         (ndarray::Array1::from_shape_fn(ne0, |i| gram.at(i, ne0)), nb)
     });
-    let mut h = Array2::from_shape_fn((ne0, ne0), |(i, j)| {
-        let g = gram.at(i, j);
-        match &bias {
-            Some((col, nb)) => (g - col[i] * col[j] / nb) as f32,
-            None => g as f32,
-        }
-    });
+    let mut h = Array2::<f32>::zeros((ne0, ne0));
+    h.as_slice_mut()
+        .expect("standard layout")
+        .par_chunks_mut(ne0.max(1))
+        .enumerate()
+        .for_each(|(i, row)| {
+            for (j, v) in row.iter_mut().enumerate() {
+                let g = gram.at(i, j);
+                *v = match &bias {
+                    Some((col, nb)) => (g - col[i] * col[j] / nb) as f32,
+                    None => g as f32,
+                };
+            }
+        });
     let mean = (0..ne0).map(|i| h[[i, i]] as f64).sum::<f64>() / ne0.max(1) as f64;
     let add = (damp * mean.max(1e-30)) as f32;
     for i in 0..ne0 {
@@ -386,64 +391,128 @@ fn reduced(gram: Gram, ne0: usize, damp: f64) -> Array2<f32> {
     h
 }
 
-/// One row: start from `q` (ggml's rounding of the target `t`; `g` = H·(q − t)ᵀ), move weights
-/// a grid step at a time while `e·H·eᵀ` falls. Returns the chosen values and how many weights
-/// differ from `q`.
-fn search_row(grid: Grid, q: &[f32], mut g: Vec<f64>, h: &Array2<f32>) -> (Vec<f32>, usize) {
-    let n = q.len();
-    // Per weight: its code, the block's step and highest code, and whether it holds the block's
-    // grid (a block's extremes: its lowest and highest code, or for Q4_0/Q5_0 the code of its
-    // largest magnitude).
-    let bs = grid.sub;
-    let mut code = vec![0i32; n];
-    let mut step = vec![0f64; n];
-    let mut top = vec![0i32; n];
-    let mut frozen = vec![true; n];
-    for b in (0..n).step_by(bs) {
-        let Some((d, b0, last)) = block_grid(grid, &q[b..b + bs]) else {
-            continue;
-        };
-        for i in b..b + bs {
-            step[i] = d;
-            top[i] = last;
-            code[i] = ((q[i] as f64 - b0) / d).round() as i32;
-            frozen[i] = code[i] == 0 || (!grid.extreme_low && code[i] == last);
-        }
-    }
-    let start = code.clone();
-    // Moves are made on the values ggml chose (`q`); `g` = H·(q − t) is kept up to date.
-    let mut val: Vec<f64> = q.iter().map(|&v| v as f64).collect();
+/// Rows searched together by [`search_rows`]: each move reads one row of `H`, which the rows of
+/// a group then share while it is in cache (a row of `H` at d_ffn 8192 is 32 KB; the whole of
+/// `H`, 268 MB, is read from memory once per sweep of a group rather than once per move).
+const GROUP: usize = 16;
+
+/// A group of rows: each starts from `q` (ggml's rounding of its target; `g` = H·(q − t)ᵀ) and
+/// moves weights a grid step at a time while `e·H·eᵀ` falls. Returns each row's chosen values
+/// and how many weights differ from `q`. Rows are independent: searched alone, each gives the
+/// same result.
+fn search_rows(grid: Grid, q: &[f32], g: &[f32], h: &Array2<f32>) -> Vec<(Vec<f32>, usize)> {
+    let n = h.nrows();
+    let mut rows: Vec<RowSearch> = q
+        .chunks(n)
+        .zip(g.chunks(n))
+        .map(|(q, g)| RowSearch::new(grid, q, g))
+        .collect();
     for _ in 0..SWEEPS {
-        let mut changed = false;
-        for j in 0..n {
-            if frozen[j] {
-                continue;
-            }
-            let d = step[j];
-            // Moving val_j by s·d changes e·H·eᵀ by d²·H_jj + 2·s·d·g_j.
-            let s: i32 = if d * g[j] > 0.0 { -1 } else { 1 };
-            let k = code[j] + s;
-            if k < 0 || k > top[j] {
-                continue;
-            }
-            let dv = s as f64 * d;
-            if dv * dv * h[[j, j]] as f64 + 2.0 * dv * g[j] >= 0.0 {
-                continue;
-            }
-            code[j] = k;
-            val[j] += dv;
-            // H is symmetric: its row j is its column j, and contiguous.
-            for (gi, hi) in g.iter_mut().zip(h.row(j)) {
-                *gi += dv * *hi as f64;
-            }
-            changed = true;
-        }
-        if !changed {
+        let mut active: Vec<&mut RowSearch> = rows.iter_mut().filter(|r| r.changed).collect();
+        if active.is_empty() {
             break;
         }
+        for r in active.iter_mut() {
+            r.changed = false;
+        }
+        for j in 0..n {
+            let hj = &h.as_slice().expect("standard layout")[j * n..(j + 1) * n];
+            let hjj = hj[j] as f64;
+            for r in active.iter_mut() {
+                r.try_move(j, hjj, hj);
+            }
+        }
     }
-    let moved = code.iter().zip(&start).filter(|(a, b)| a != b).count();
-    (val.into_iter().map(|v| v as f32).collect(), moved)
+    rows.into_iter().map(RowSearch::finish).collect()
+}
+
+/// One row's search in progress.
+struct RowSearch {
+    code: Vec<i32>,
+    start: Vec<i32>,
+    /// per weight: its block's step (0 where the block cannot move)
+    step: Vec<f64>,
+    /// per weight: its block's highest code
+    top: Vec<i32>,
+    /// per weight: it holds its block's grid (a block's extremes: its lowest and highest code,
+    /// or for Q4_0/Q5_0 the code of its largest magnitude)
+    frozen: Vec<bool>,
+    /// the values, moved from ggml's
+    val: Vec<f64>,
+    /// `H·(val − t)ᵀ`, kept up to date
+    g: Vec<f32>,
+    /// a move was made in the current sweep
+    changed: bool,
+}
+
+impl RowSearch {
+    fn new(grid: Grid, q: &[f32], g: &[f32]) -> RowSearch {
+        let n = q.len();
+        let bs = grid.sub;
+        let mut code = vec![0i32; n];
+        let mut step = vec![0f64; n];
+        let mut top = vec![0i32; n];
+        let mut frozen = vec![true; n];
+        for b in (0..n).step_by(bs) {
+            let Some((d, b0, last)) = block_grid(grid, &q[b..b + bs]) else {
+                continue;
+            };
+            for i in b..b + bs {
+                step[i] = d;
+                top[i] = last;
+                code[i] = ((q[i] as f64 - b0) / d).round() as i32;
+                frozen[i] = code[i] == 0 || (!grid.extreme_low && code[i] == last);
+            }
+        }
+        RowSearch {
+            start: code.clone(),
+            code,
+            step,
+            top,
+            frozen,
+            val: q.iter().map(|&v| v as f64).collect(),
+            g: g.to_vec(),
+            changed: true,
+        }
+    }
+
+    /// Move weight `j` one step where that lowers the error (`hj`: row `j` of `H`, `hjj` its
+    /// diagonal entry).
+    fn try_move(&mut self, j: usize, hjj: f64, hj: &[f32]) {
+        if self.frozen[j] {
+            return;
+        }
+        let d = self.step[j];
+        // Moving val_j by s·d changes e·H·eᵀ by d²·H_jj + 2·s·d·g_j.
+        let gj = self.g[j] as f64;
+        let s: i32 = if d * gj > 0.0 { -1 } else { 1 };
+        let k = self.code[j] + s;
+        if k < 0 || k > self.top[j] {
+            return;
+        }
+        let dv = s as f64 * d;
+        if dv * dv * hjj + 2.0 * dv * gj >= 0.0 {
+            return;
+        }
+        self.code[j] = k;
+        self.val[j] += dv;
+        // H is symmetric: its row j is its column j, and contiguous.
+        let dv = dv as f32;
+        for (gi, hi) in self.g.iter_mut().zip(hj) {
+            *gi += dv * *hi;
+        }
+        self.changed = true;
+    }
+
+    fn finish(self) -> (Vec<f32>, usize) {
+        let moved = self
+            .code
+            .iter()
+            .zip(&self.start)
+            .filter(|(a, b)| a != b)
+            .count();
+        (self.val.into_iter().map(|v| v as f32).collect(), moved)
+    }
 }
 
 /// A block's step, base and highest code (value = `base + code·step`) from ggml's dequantized
@@ -566,6 +635,43 @@ mod tests {
             }
         }
         o.iter().map(|v| (*v as f64).powi(2)).sum()
+    }
+
+    #[test]
+    fn rows_searched_as_a_group_end_as_each_searched_alone() {
+        let ty = GgmlType::Q4_K;
+        let (_, target, _, g) = problem(ty, false);
+        let n = target.len() / 16;
+        let first = dequantize(
+            ty,
+            &quantize(ty, &target, n as u64, None).unwrap(),
+            16 * n as u64,
+        )
+        .unwrap();
+        let p = Problem {
+            grid: grid(ty).unwrap(),
+            ne0: n,
+            target: &target,
+            first: &first,
+        };
+        let h = reduced(Gram::all(&g), n, 0.01);
+        let g0 = par_dot(p.error(&first).view(), h.view());
+        let g0 = g0.as_slice().unwrap();
+        let together = search_rows(p.grid, &first, g0, &h);
+        assert_eq!(together.len(), 16);
+        assert!(
+            together.iter().map(|r| r.1).sum::<usize>() > 0,
+            "nothing moved"
+        );
+        for (r, got) in together.iter().enumerate() {
+            let alone = search_rows(
+                p.grid,
+                &first[r * n..(r + 1) * n],
+                &g0[r * n..(r + 1) * n],
+                &h,
+            );
+            assert_eq!(&alone[0], got, "row {r}");
+        }
     }
 
     #[test]
