@@ -356,7 +356,7 @@ mod tests {
         for i in 0..90 {
             let x: Vec<f32> = (0..d).map(|_| lcg(&mut s)).collect();
             let y: Vec<f32> = (0..m)
-                .map(|j| (0..d).map(|k| x[k] * w[k * m + j]).sum::<f32>() + 0.8 * lcg(&mut s))
+                .map(|j| (0..d).map(|k| x[k] * w[k * m + j]).sum::<f32>() + 0.5 * lcg(&mut s))
                 .collect();
             r.add(&x, &y, i % 3 == 0);
         }
