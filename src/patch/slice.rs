@@ -133,12 +133,9 @@ pub fn token_embeddings(src: &GgufFile, tokens: &[i32], scale: f32) -> Result<Ma
         _ => anyhow::bail!("token_embd.weight is not a matrix"),
     };
     let ty = info.ggml_type;
-    let (bs, bytes) = (ty.block_size() as usize, ty.type_size() as usize);
-    anyhow::ensure!(
-        ne0 % bs == 0,
-        "token_embd.weight rows do not fill whole blocks"
-    );
-    let row_bytes = ne0 / bs * bytes;
+    let row_bytes = ty
+        .row_bytes(ne0 as u64)
+        .context("token_embd.weight rows do not fill whole blocks")? as usize;
     let data = src.tensor_data(info);
     let mut out = Vec::with_capacity(tokens.len() * ne0);
     for &t in tokens {

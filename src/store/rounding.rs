@@ -415,8 +415,9 @@ fn search_rows(grid: Grid, q: &[f32], g: &[f32], h: &Array2<f32>) -> Vec<(Vec<f3
         for r in active.iter_mut() {
             r.changed = false;
         }
+        let h = h.as_slice().expect("standard layout");
         for j in 0..n {
-            let hj = &h.as_slice().expect("standard layout")[j * n..(j + 1) * n];
+            let hj = &h[j * n..(j + 1) * n];
             let hjj = hj[j] as f64;
             for r in active.iter_mut() {
                 r.try_move(j, hjj, hj);

@@ -250,17 +250,17 @@ impl Ridge {
                 // ridge fit is (near) unimodal in λ, and the walk saves the factorisations an
                 // exhaustive search spends beyond the minimum.
                 let top = LAMBDA_GRID.len() - 1;
-                let mut i = start.map_or(top, nearest_grid_index);
-                let mut e = score(LAMBDA_GRID[i])?;
-                let mut moved_down = false;
+                let first = start.map_or(top, nearest_grid_index);
+                let (mut i, mut e) = (first, score(LAMBDA_GRID[first])?);
                 while i > 0 {
                     let below = score(LAMBDA_GRID[i - 1])?;
                     if below >= e {
                         break;
                     }
-                    (i, e, moved_down) = (i - 1, below, true);
+                    (i, e) = (i - 1, below);
                 }
-                while !moved_down && i < top {
+                // Up only where the walk did not go down.
+                while i >= first && i < top {
                     let above = score(LAMBDA_GRID[i + 1])?;
                     if above >= e {
                         break;
@@ -345,21 +345,34 @@ mod tests {
         assert!(sol.val_rel_error.is_finite());
     }
 
+    /// `rows` rows of `y = xᵀW + noise·ε` (`d` features, `m` targets; every third row for
+    /// validation) from the generator seeded with `seed`.
+    fn noisy_linear(
+        d: usize,
+        m: usize,
+        rows: usize,
+        noise: f32,
+        seed: u64,
+        intercept: bool,
+    ) -> Ridge {
+        let mut s = seed;
+        let w: Vec<f32> = (0..d * m).map(|_| 0.3 * lcg(&mut s)).collect();
+        let mut r = Ridge::new(d, m, intercept);
+        for i in 0..rows {
+            let x: Vec<f32> = (0..d).map(|_| lcg(&mut s)).collect();
+            let y: Vec<f32> = (0..m)
+                .map(|j| (0..d).map(|k| x[k] * w[k * m + j]).sum::<f32>() + noise * lcg(&mut s))
+                .collect();
+            r.add(&x, &y, i % 3 == 0);
+        }
+        r
+    }
+
     #[test]
     fn the_walk_from_any_start_finds_the_walk_from_the_top() {
         // Targets with moderate noise: the best λ lies inside the grid, so walks started
         // above it must go down and walks started below it must go up.
-        let (d, m) = (30, 3);
-        let mut s = 5u64;
-        let w: Vec<f32> = (0..d * m).map(|_| 0.3 * lcg(&mut s)).collect();
-        let mut r = Ridge::new(d, m, true);
-        for i in 0..90 {
-            let x: Vec<f32> = (0..d).map(|_| lcg(&mut s)).collect();
-            let y: Vec<f32> = (0..m)
-                .map(|j| (0..d).map(|k| x[k] * w[k * m + j]).sum::<f32>() + 0.5 * lcg(&mut s))
-                .collect();
-            r.add(&x, &y, i % 3 == 0);
-        }
+        let r = noisy_linear(30, 3, 90, 0.5, 5, true);
         let top = r.clone().solve(Lambda::Auto).unwrap();
         let inside = LAMBDA_GRID[1..LAMBDA_GRID.len() - 1].contains(&top.lambda);
         assert!(inside, "λ = {} is at an end of the grid", top.lambda);
@@ -377,16 +390,7 @@ mod tests {
         // Many noisy targets: λ matters, and the search runs on a sketch of the 400 targets.
         // Its choice must be (near) the exact search's best.
         let (d, m) = (60, 400);
-        let mut s = 11u64;
-        let w: Vec<f32> = (0..d * m).map(|_| 0.3 * lcg(&mut s)).collect();
-        let mut r = Ridge::new(d, m, false);
-        for i in 0..300 {
-            let x: Vec<f32> = (0..d).map(|_| lcg(&mut s)).collect();
-            let y: Vec<f32> = (0..m)
-                .map(|j| (0..d).map(|k| x[k] * w[k * m + j]).sum::<f32>() + 0.6 * lcg(&mut s))
-                .collect();
-            r.add(&x, &y, i % 3 == 0);
-        }
+        let mut r = noisy_linear(d, m, 300, 0.6, 11, false);
         let sol = r.clone().solve(Lambda::Auto).unwrap();
         r.finish();
         let scale = r.lambda_unit();
