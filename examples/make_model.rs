@@ -15,16 +15,7 @@ use gguf_sleep::synth::{write_random, Dims};
 use std::path::Path;
 
 fn dims(spec: &str) -> Result<Dims> {
-    let p = |arch: &str, v: [usize; 6]| Dims {
-        arch: arch.into(),
-        n_layer: v[0],
-        n_embd: v[1],
-        n_ff: v[2],
-        n_head: v[3],
-        n_head_kv: v[4],
-        head_dim: v[5],
-        n_ctx: 4096,
-    };
+    let p = |arch: &str, v: [usize; 6]| Dims::plain(arch, v[0], v[1], v[2], [v[3], v[4], v[5]]);
     Ok(match spec {
         "qwen3-0.6b" => p("qwen3", [28, 1024, 3072, 16, 8, 128]),
         "llama3.2-1b" => p("llama", [16, 2048, 8192, 32, 8, 64]),

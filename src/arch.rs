@@ -49,15 +49,32 @@ impl Kind {
     ];
 }
 
-/// The forward pass the `bake` student follows for a family.
+/// What the `bake` student's forward pass does for a family beyond the common block (RMSNorm,
+/// grouped-query attention with RoPE, gated MLP, biases where the file has them); embedding
+/// scale, sliding window and the MLP's post-norm are the [`Family`]'s own fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StudentGraph {
-    /// RMSNorm, RoPE in llama.cpp's normal (adjacent pairs) layout, SiLU-gated MLP
-    Llama,
-    /// scaled embeddings, Q/K norms, NeoX RoPE with a sliding-window base, post-attention and
-    /// post-MLP norms, GELU-gated MLP
-    Gemma3,
+pub struct StudentGraph {
+    /// RoPE rotates the halves `(i, i + hd/2)` (llama.cpp's NeoX mode), not adjacent pairs
+    pub neox_rope: bool,
+    /// per-head RMSNorm on Q and K (`attn_q_norm`, `attn_k_norm`)
+    pub qk_norm: bool,
+    /// RMSNorm on the attention output before the residual (`post_attention_norm`)
+    pub post_attn_norm: bool,
+    /// the MLP gate is GELU (tanh approximation), not SiLU
+    pub gelu: bool,
+    /// RoPE frequencies divided by the file's `rope_freqs.weight` where it has one (Llama 3's
+    /// scaling)
+    pub rope_freqs: bool,
 }
+
+/// Llama's block: SiLU gate, RoPE in adjacent pairs.
+const LLAMA_GRAPH: StudentGraph = StudentGraph {
+    neox_rope: false,
+    qk_norm: false,
+    post_attn_norm: false,
+    gelu: false,
+    rope_freqs: true,
+};
 
 /// One architecture family, as llama.cpp's graph for it computes a block.
 #[derive(Debug)]
@@ -95,7 +112,7 @@ const COMMON: [(Kind, &str); 9] = [
 ];
 
 /// Every family gguf-sleep knows.
-pub const FAMILIES: [Family; 4] = [
+pub const FAMILIES: [Family; 5] = [
     Family {
         names: &["llama", "mistral"],
         nodes: &[(Kind::AttnOut, "attn_out")],
@@ -103,17 +120,36 @@ pub const FAMILIES: [Family; 4] = [
         post_ffn_norm: false,
         sliding_window: false,
         scaled_embeddings: false,
-        student: Some(StudentGraph::Llama),
+        student: Some(LLAMA_GRAPH),
         refused: None,
     },
     Family {
-        names: &["qwen2", "qwen3"],
+        names: &["qwen2"],
         nodes: &[],
         out_biases: false,
         post_ffn_norm: false,
         sliding_window: false,
         scaled_embeddings: false,
-        student: None,
+        student: Some(StudentGraph {
+            neox_rope: true,
+            rope_freqs: false,
+            ..LLAMA_GRAPH
+        }),
+        refused: None,
+    },
+    Family {
+        names: &["qwen3"],
+        nodes: &[],
+        out_biases: false,
+        post_ffn_norm: false,
+        sliding_window: false,
+        scaled_embeddings: false,
+        student: Some(StudentGraph {
+            neox_rope: true,
+            qk_norm: true,
+            rope_freqs: false,
+            ..LLAMA_GRAPH
+        }),
         refused: None,
     },
     Family {
@@ -127,7 +163,13 @@ pub const FAMILIES: [Family; 4] = [
         post_ffn_norm: true,
         sliding_window: true,
         scaled_embeddings: true,
-        student: Some(StudentGraph::Gemma3),
+        student: Some(StudentGraph {
+            neox_rope: true,
+            qk_norm: true,
+            post_attn_norm: true,
+            gelu: true,
+            rope_freqs: false,
+        }),
         refused: None,
     },
     Family {

@@ -9,7 +9,7 @@ use half::f16;
 use std::path::Path;
 
 /// The dimensions of a model to make.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Dims {
     /// `general.architecture`: llama, qwen2, qwen3 or gemma3
     pub arch: String,
@@ -27,6 +27,47 @@ pub struct Dims {
     pub head_dim: usize,
     /// training context length recorded
     pub n_ctx: usize,
+    /// the scale of the output norm and of the queries (the query projection, or the Q norm
+    /// where the family has one): 1 gives near-uniform next-token distributions and attention,
+    /// larger makes both peaked (what a test of a forward pass needs: a uniform one matches
+    /// anything)
+    pub sharpen: f32,
+    /// llama: write a `rope_freqs.weight` (Llama 3's RoPE scaling: low frequencies divided by
+    /// up to 8)
+    pub rope_freqs: bool,
+}
+
+impl Dims {
+    /// `arch` at these sizes, plain weights (`sharpen` 1), no `rope_freqs`.
+    pub fn plain(
+        arch: &str,
+        n_layer: usize,
+        n_embd: usize,
+        n_ff: usize,
+        heads: [usize; 3],
+    ) -> Dims {
+        Dims {
+            arch: arch.into(),
+            n_layer,
+            n_embd,
+            n_ff,
+            n_head: heads[0],
+            n_head_kv: heads[1],
+            head_dim: heads[2],
+            n_ctx: 4096,
+            sharpen: 1.0,
+            rope_freqs: false,
+        }
+    }
+}
+
+/// Llama 3's RoPE frequency divisors for `half` pairs, in the shape of its `rope_freqs`: the
+/// first third unscaled, the last third divided by 8, a smooth ramp between.
+pub fn llama3_rope_freqs(half: usize) -> Vec<f32> {
+    let third = (half / 3).max(1) as f32;
+    (0..half)
+        .map(|i| 1.0 + 7.0 * ((i as f32 - third) / third).clamp(0.0, 1.0))
+        .collect()
 }
 
 /// A deterministic normal-ish draw (sum of uniforms from an LCG), scaled by `std`.
@@ -112,31 +153,53 @@ pub fn write_random(dims: &Dims, tokenizer: &GgufFile, out: &Path, seed: u64) ->
         data: (0..n).flat_map(|_| 1f32.to_le_bytes()).collect(),
         after: None,
     };
-    let zeros = |name: String, n: usize| NewTensor {
+    let filled = |name: String, v: Vec<f32>| NewTensor {
         name,
-        dims: vec![n as u64],
+        dims: vec![v.len() as u64],
         ggml_type: GgmlType::F32,
-        data: vec![0; 4 * n],
+        data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         after: None,
     };
     let (d, hd) = (dims.n_embd, dims.head_dim);
     let (q, kv) = (dims.n_head * hd, dims.n_head_kv * hd);
+    let k = dims.sharpen;
+    let q_norm = matches!(a, "qwen3" | "gemma3");
+    // Biases from a stream of their own, so that the matrices' draws do not depend on them.
+    let mut bias_draw = Draw(seed ^ 0xb1a5);
     tensors.push(matrix("token_embd.weight".into(), d, n_vocab, &mut draw));
-    tensors.push(ones("output_norm.weight".into(), d));
+    tensors.push(filled("output_norm.weight".into(), vec![k; d]));
+    if a == "llama" && dims.rope_freqs {
+        tensors.push(filled(
+            "rope_freqs.weight".into(),
+            llama3_rope_freqs(hd / 2),
+        ));
+    }
     for l in 0..dims.n_layer {
         let b = |t: &str| format!("blk.{l}.{t}");
         tensors.push(ones(b("attn_norm.weight"), d));
-        tensors.push(matrix(b("attn_q.weight"), d, q, &mut draw));
+        let mut wq = matrix(b("attn_q.weight"), d, q, &mut draw);
+        if !q_norm && k != 1.0 {
+            wq.data = wq
+                .data
+                .chunks_exact(2)
+                .flat_map(|h| {
+                    let v = f16::from_le_bytes([h[0], h[1]]).to_f32() * k;
+                    f16::from_f32(v).to_le_bytes()
+                })
+                .collect();
+        }
+        tensors.push(wq);
         tensors.push(matrix(b("attn_k.weight"), d, kv, &mut draw));
         tensors.push(matrix(b("attn_v.weight"), d, kv, &mut draw));
         tensors.push(matrix(b("attn_output.weight"), q, d, &mut draw));
         if a == "qwen2" {
             for (t, n) in [("attn_q.bias", q), ("attn_k.bias", kv), ("attn_v.bias", kv)] {
-                tensors.push(zeros(b(t), n));
+                let v = (0..n).map(|_| bias_draw.next(0.3)).collect();
+                tensors.push(filled(b(t), v));
             }
         }
-        if matches!(a, "qwen3" | "gemma3") {
-            tensors.push(ones(b("attn_q_norm.weight"), hd));
+        if q_norm {
+            tensors.push(filled(b("attn_q_norm.weight"), vec![k; hd]));
             tensors.push(ones(b("attn_k_norm.weight"), hd));
         }
         if a == "gemma3" {

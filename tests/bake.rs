@@ -2,7 +2,8 @@
 //! adapter loads in llama.cpp, changes the output and matches the student, merged output edits
 //! only the adapted matrices and records its provenance, a warm start trains on top of the
 //! patched model, trained bias changes are stored in F32, a refit merge moves the stored model
-//! toward its adapter, bad input is a one-line error.
+//! toward its adapter, generated qwen2, qwen3 and Llama-3 files bake and their adapters load, bad
+//! input is a one-line error.
 
 mod util;
 
@@ -388,6 +389,33 @@ fn gemma3_bakes_and_the_adapter_loads() {
         mean_kl(&base, &adapted) > 1e-4,
         "the adapter changes nothing"
     );
+}
+
+#[test]
+fn generated_qwen2_qwen3_and_llama3_files_bake_and_their_adapters_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, freqs) in [("qwen2", false), ("qwen3", false), ("llama", true)] {
+        let m = util::generated(dir.path(), arch, freqs);
+        let out = dir.path().join(format!("{arch}.lora.gguf"));
+        let s = bake(
+            &m,
+            &out,
+            &["--steps", "2", "--lr", "1e-2", "--emit", "lora"],
+        );
+        let curve = s["curve"].as_array().unwrap();
+        assert!(
+            curve
+                .iter()
+                .all(|p| p["val_kl"].as_f64().is_some_and(f64::is_finite)),
+            "{arch}: {s}"
+        );
+        let (_, base) = llama_logprobs(&m, None);
+        let (_, adapted) = llama_logprobs(&m, Some(&out));
+        assert!(
+            mean_kl(&base, &adapted) > 1e-6,
+            "{arch}: the adapter changes nothing"
+        );
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The bake student against llama.cpp on the real models: with zero adapters its next-token
-//! distribution matches llama.cpp's on the same tokens, and one training step lowers the loss.
+//! The bake student against llama.cpp: with zero adapters its next-token distribution matches
+//! llama.cpp's on the same tokens, on the real models and on generated qwen2, qwen3 and
+//! Llama-3-with-`rope_freqs` files; one training step lowers the loss.
 
 mod util;
 
@@ -19,11 +20,22 @@ fn conversation(model: &Model, system: Option<&str>) -> (Vec<i32>, usize) {
 
 /// Mean per-token KL(llama.cpp ‖ student) over every position of one conversation.
 fn consistency(path: &std::path::Path) -> f64 {
-    consistency_of(path, path)
+    consistency_of(path, path).kl
 }
 
-/// Mean per-token KL(llama.cpp on `path` ‖ student of `student_path`).
-fn consistency_of(path: &std::path::Path, student_path: &std::path::Path) -> f64 {
+/// How the student's next-token distributions compare with llama.cpp's.
+struct Agreement {
+    /// mean per-token KL(llama.cpp ‖ student)
+    kl: f64,
+    /// ‖student − llama.cpp‖ / ‖llama.cpp‖ over the log-probabilities (the logits less each
+    /// position's constant)
+    rel_err: f64,
+    /// llama.cpp's mean next-token entropy, nats
+    entropy: f64,
+}
+
+/// The student of `student_path` against llama.cpp on `path`.
+fn consistency_of(path: &std::path::Path, student_path: &std::path::Path) -> Agreement {
     let model = Model::load(path).unwrap();
     let (tokens, _) = conversation(&model, Some(SYSTEM));
     let want = util::llama_logprobs(&model, &tokens, None);
@@ -35,12 +47,53 @@ fn consistency_of(path: &std::path::Path, student_path: &std::path::Path) -> f64
         .zip(&got)
         .filter(|(w, g)| argmax(w) == argmax(g))
         .count();
-    let mean = mean_kl(&want, &got);
+    let kl = mean_kl(&want, &got);
+    let (mut diff, mut norm, mut entropy) = (0.0, 0.0, 0.0);
+    for (w, g) in want.iter().zip(&got) {
+        for (&a, &b) in w.iter().zip(g) {
+            diff += f64::from(a - b).powi(2);
+            norm += f64::from(a).powi(2);
+            entropy -= f64::from(a).exp() * f64::from(a);
+        }
+    }
+    let a = Agreement {
+        kl,
+        rel_err: (diff / norm.max(f64::MIN_POSITIVE)).sqrt(),
+        entropy: entropy / n.max(1) as f64,
+    };
     eprintln!(
-        "{}: mean KL(llama.cpp ‖ student) {mean:.5} over {n} tokens, top-1 agreement {agree}/{n}",
-        path.display()
+        "{}: mean KL(llama.cpp ‖ student) {kl:.5} over {n} tokens, top-1 agreement {agree}/{n}, \
+         log-prob relative error {:.5}, llama.cpp's entropy {:.2} nats",
+        path.display(),
+        a.rel_err,
+        a.entropy
     );
-    mean
+    a
+}
+
+#[test]
+fn zero_adapter_student_matches_llama_cpp_on_generated_qwen2_qwen3_and_llama3_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let uniform = (49152f64).ln();
+    for (arch, freqs) in [("qwen2", false), ("qwen3", false), ("llama", true)] {
+        let path = util::generated(dir.path(), arch, freqs);
+        let a = consistency_of(&path, &path);
+        assert!(a.kl <= 0.01, "{arch}: mean KL {} > 0.01", a.kl);
+        assert!(a.rel_err <= 0.01, "{arch}: relative error {}", a.rel_err);
+        assert!(
+            a.entropy < 0.5 * uniform,
+            "{arch}: entropy {} of at most {uniform}: too near uniform to show anything",
+            a.entropy
+        );
+    }
+    // The same weights without `rope_freqs`: llama.cpp's output moves, and the student's with it.
+    let with = util::generated(dir.path(), "llama", true);
+    let without = util::generated(dir.path(), "llama", false);
+    let off = consistency_of(&with, &without).kl;
+    assert!(
+        off > 0.05,
+        "rope_freqs hardly matter ({off}), so the test shows nothing"
+    );
 }
 
 #[test]
@@ -85,7 +138,7 @@ fn zero_adapter_student_applies_the_biases_llama_cpp_applies() {
     gguf::write(&src, &edits, &biased, &gguf::WriteOptions::default()).unwrap();
     let with = consistency(&biased);
     assert!(with <= 0.01, "mean KL {with} > 0.01 with biases");
-    let without = consistency_of(&biased, &m);
+    let without = consistency_of(&biased, &m).kl;
     assert!(
         without > 10.0 * with.max(0.001),
         "the biases hardly matter ({without}), so this test shows nothing"

@@ -11,14 +11,8 @@ use std::path::Path;
 
 fn small(arch: &str) -> Dims {
     Dims {
-        arch: arch.into(),
-        n_layer: 2,
-        n_embd: 256,
-        n_ff: 512,
-        n_head: 4,
-        n_head_kv: 2,
-        head_dim: 64,
         n_ctx: 2048,
+        ..Dims::plain(arch, 2, 256, 512, [4, 2, 64])
     }
 }
 

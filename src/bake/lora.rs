@@ -63,10 +63,13 @@ impl Adapter {
         self.a.dim(0).unwrap_or(0)
     }
 
-    /// The dense change `B·A` (`out × in`) scaled by `strength`, row-major.
-    pub fn delta(&self, strength: f32) -> Result<Vec<f32>> {
-        let d = self.b.as_tensor().matmul(self.a.as_tensor())?;
-        Ok((d * f64::from(strength))?.flatten_all()?.to_vec1::<f32>()?)
+    /// The change `B·A` as its factors, multiplied out only where the matrix is stored.
+    pub fn factors(&self) -> Result<crate::store::Change> {
+        Ok(crate::store::Change::Product {
+            b: self.b.as_tensor().flatten_all()?.to_vec1::<f32>()?,
+            a: self.a.as_tensor().flatten_all()?.to_vec1::<f32>()?,
+            rank: self.rank(),
+        })
     }
 }
 

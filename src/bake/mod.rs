@@ -285,7 +285,7 @@ fn merge(
     for (name, ad) in &lora.adapters {
         deltas.push(Delta::Matrix {
             tensor: name.clone(),
-            delta: ad.delta(1.0)?,
+            delta: ad.factors()?,
             importance: inputs.importance.get(name).cloned(),
             hessian: inputs.hessians.get(&student::input_of(name)).cloned(),
         });

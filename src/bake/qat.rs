@@ -3,16 +3,16 @@
 //! model trained in full precision loses much of what it learned when it is written. So, from
 //! some step on, the student runs every adapted matrix as it will be stored, `Q(W + B·A)` (ggml's
 //! own quantizer, with the adapted matrices' input power as importance), refreshed every few
-//! steps, while the adapter's gradient passes straight through the rounding.
+//! steps, while the adapter's gradient passes straight through the rounding. The rounded
+//! matrices are held as stored (quantized), not as a second f32 copy of the model.
 
 use anyhow::{Context as _, Result};
-use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 use super::lora::LoraSet;
-use super::student::Student;
-use crate::engine::{dequantize, quantize};
+use super::student::{Frozen, Student};
+use crate::engine::quantize;
 use crate::store::EditType;
 
 /// Quantize-dequantize `W + B·A` of every adapter to its stored type and hand it to the student.
@@ -24,9 +24,9 @@ pub fn refresh(
     importance: &BTreeMap<String, Vec<f32>>,
 ) -> Result<()> {
     let names: Vec<&String> = lora.adapters.keys().collect();
-    let stored: Vec<(String, Tensor)> = names
+    let stored: Vec<(String, Frozen)> = names
         .par_iter()
-        .map(|name| -> Result<(String, Tensor)> {
+        .map(|name| -> Result<(String, Frozen)> {
             let (layer, kind) = parse(name)?;
             let info = src
                 .header()
@@ -36,16 +36,16 @@ pub fn refresh(
             let w = student.original(layer, kind)?;
             let ad = lora.get(name).context("adapter vanished")?;
             let target = (w + ad.b.as_tensor().matmul(ad.a.as_tensor())?)?;
-            let dims = target.dims2()?;
+            let (rows, cols) = target.dims2()?;
             let v = target.flatten_all()?.to_vec1::<f32>()?;
+            drop(target);
             let imp = importance.get(*name).filter(|_| ty.is_quantized());
             let q = quantize(ty, &v, info.ne0(), imp.map(Vec::as_slice))?;
-            let back = dequantize(ty, &q, info.n_elements())?;
-            Ok(((*name).clone(), Tensor::from_vec(back, dims, &Device::Cpu)?))
+            Ok(((*name).clone(), Frozen::new(ty, q, rows, cols)?))
         })
         .collect::<Result<_>>()?;
-    for (name, t) in stored {
-        student.set_quantized(&name, t);
+    for (name, w) in stored {
+        student.set_quantized(&name, w);
     }
     Ok(())
 }

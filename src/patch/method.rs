@@ -24,7 +24,7 @@ use super::facts::Arch;
 use super::ridge::{Ridge, Solution};
 use crate::capture::{Kind, Matrix};
 use crate::store::rounding::Hessian;
-use crate::store::Delta;
+use crate::store::{Change, Delta};
 
 /// Aligned rows of one run: (kind, layer) → `[aligned tokens × width]`.
 pub type Rows = BTreeMap<(Kind, usize), Matrix>;
@@ -282,7 +282,7 @@ fn matrix_delta(
 ) -> Delta {
     Delta::Matrix {
         tensor,
-        delta: d.iter().copied().collect(),
+        delta: Change::Dense(d.iter().copied().collect()),
         importance,
         hessian,
     }

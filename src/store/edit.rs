@@ -2,6 +2,7 @@
 //! deltas added to the dequantized weight and requantized with ggml's codec.
 
 use anyhow::{bail, Context as _, Result};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -26,8 +27,8 @@ pub enum Delta {
     Matrix {
         /// tensor name
         tensor: String,
-        /// row-major delta, `ne1 × ne0`
-        delta: Vec<f32>,
+        /// the change, `ne1 × ne0`
+        delta: Change,
         /// per-column importance (mean squared input), for requantization
         importance: Option<Vec<f32>>,
         /// the Gram of the matrix's inputs: round to keep the layer's output
@@ -43,12 +44,88 @@ impl Delta {
             Delta::Bias { tensor, .. } | Delta::Matrix { tensor, .. } => tensor,
         }
     }
+}
 
-    fn values(&self) -> &[f32] {
+/// A matrix's change: dense, or a low-rank product kept factored until the matrix is stored,
+/// so that a model's worth of `B·A` never lies in memory at once.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// row-major values, `ne1 × ne0`
+    Dense(Vec<f32>),
+    /// `B·A` with `B` row-major `rows × rank` and `A` row-major `rank × cols`
+    Product {
+        /// `rows × rank`
+        b: Vec<f32>,
+        /// `rank × cols`
+        a: Vec<f32>,
+        /// the inner dimension
+        rank: usize,
+    },
+}
+
+impl Change {
+    /// The change's values times `scale`, row-major.
+    pub fn scaled(&self, scale: f32) -> Result<Vec<f32>> {
         match self {
-            Delta::Bias { values, .. } => values,
-            Delta::Matrix { delta, .. } => delta,
+            Change::Dense(v) => Ok(v.iter().map(|x| x * scale).collect()),
+            Change::Product { b, a, rank } => {
+                let rank = *rank;
+                if rank == 0 || b.len() % rank != 0 || a.len() % rank != 0 {
+                    bail!(
+                        "a low-rank change of rank {rank} has factors of {} and {} values",
+                        b.len(),
+                        a.len()
+                    );
+                }
+                let b = ndarray::ArrayView2::from_shape((b.len() / rank, rank), b)?;
+                let a = ndarray::ArrayView2::from_shape((rank, a.len() / rank), a)?;
+                let mut d = b.dot(&a);
+                d.mapv_inplace(|x| x * scale);
+                Ok(d.into_raw_vec_and_offset().0)
+            }
         }
+    }
+
+    /// The sum of two changes of one matrix: products of the same row count stack their
+    /// factors, anything else becomes dense.
+    fn plus(self, other: &Change) -> Result<Change> {
+        Ok(match (self, other) {
+            (
+                Change::Product { b, a, rank },
+                Change::Product {
+                    b: b2,
+                    a: a2,
+                    rank: r2,
+                },
+            ) if b.len() / rank == b2.len() / r2 => {
+                let rows = b.len() / rank;
+                let mut bb = Vec::with_capacity(rows * (rank + r2));
+                for i in 0..rows {
+                    bb.extend_from_slice(&b[i * rank..(i + 1) * rank]);
+                    bb.extend_from_slice(&b2[i * r2..(i + 1) * r2]);
+                }
+                let mut aa = a;
+                aa.extend_from_slice(a2);
+                Change::Product {
+                    b: bb,
+                    a: aa,
+                    rank: rank + r2,
+                }
+            }
+            (mine, other) => {
+                let mut d = mine.scaled(1.0)?;
+                let o = other.scaled(1.0)?;
+                if d.len() != o.len() {
+                    bail!(
+                        "two changes of one matrix have {} and {} values",
+                        d.len(),
+                        o.len()
+                    );
+                }
+                d.iter_mut().zip(&o).for_each(|(x, y)| *x += y);
+                Change::Dense(d)
+            }
+        })
     }
 }
 
@@ -126,45 +203,52 @@ pub struct RoundingReport {
     pub mismatched: usize,
 }
 
-/// Sum edits that touch the same tensor.
-pub fn merge(deltas: Vec<Delta>) -> Vec<Delta> {
-    let mut by_name: BTreeMap<String, Delta> = BTreeMap::new();
+/// Sum edits that touch the same tensor; an edit alone on its tensor is borrowed, not copied.
+pub fn merge(deltas: &[Delta]) -> Result<Vec<Cow<'_, Delta>>> {
+    let mut by_name: BTreeMap<&str, Cow<'_, Delta>> = BTreeMap::new();
     for d in deltas {
-        match by_name.get_mut(d.tensor()) {
-            None => {
-                by_name.insert(d.tensor().to_string(), d);
-            }
-            Some(Delta::Bias { values, .. }) => {
-                for (a, b) in values.iter_mut().zip(d.values()) {
-                    *a += b;
+        let Some(acc) = by_name.get_mut(d.tensor()) else {
+            by_name.insert(d.tensor(), Cow::Borrowed(d));
+            continue;
+        };
+        match (acc.to_mut(), d) {
+            (Delta::Bias { values, .. }, Delta::Bias { values: v, .. }) => {
+                if values.len() != v.len() {
+                    bail!(
+                        "two edits of {} have {} and {} values",
+                        d.tensor(),
+                        values.len(),
+                        v.len()
+                    );
                 }
+                values.iter_mut().zip(v).for_each(|(a, b)| *a += b);
             }
-            Some(Delta::Matrix {
-                delta,
-                importance,
-                hessian,
-                ..
-            }) => {
-                for (a, b) in delta.iter_mut().zip(d.values()) {
-                    *a += b;
-                }
-                if let Delta::Matrix {
+            (
+                Delta::Matrix {
+                    delta,
+                    importance,
+                    hessian,
+                    ..
+                },
+                Delta::Matrix {
+                    delta: d2,
                     importance: i,
                     hessian: h,
                     ..
-                } = d
-                {
-                    if importance.is_none() {
-                        *importance = i;
-                    }
-                    if hessian.is_none() {
-                        *hessian = h;
-                    }
+                },
+            ) => {
+                *delta = std::mem::replace(delta, Change::Dense(Vec::new())).plus(d2)?;
+                if importance.is_none() {
+                    importance.clone_from(i);
+                }
+                if hessian.is_none() {
+                    hessian.clone_from(h);
                 }
             }
+            _ => bail!("{} is edited both as a bias and as a matrix", d.tensor()),
         }
     }
-    by_name.into_values().collect()
+    Ok(by_name.into_values().collect())
 }
 
 /// Turn `deltas` (scaled by `strength`) into GGUF edits against `src`. A strength of 0 yields
@@ -181,20 +265,20 @@ pub fn to_gguf_edits(
     if strength == 0.0 {
         return Ok((edits, reports));
     }
-    let merged = merge(deltas.to_vec());
+    let merged = merge(deltas)?;
     // Bias corrections from output-aware rounding: tensor → (after, values).
     let mut extra: BTreeMap<String, (String, Vec<f32>)> = BTreeMap::new();
     for d in &merged {
         let Delta::Matrix {
             tensor,
+            delta,
             importance,
             hessian,
-            ..
-        } = d
+        } = d.as_ref()
         else {
             continue;
         };
-        let scaled: Vec<f32> = d.values().iter().map(|v| v * strength).collect();
+        let scaled = delta.scaled(strength)?;
         let r = requantize(
             src,
             tensor,
@@ -213,7 +297,7 @@ pub fn to_gguf_edits(
     }
     let mut biases: Vec<(String, String, Vec<f32>)> = merged
         .into_iter()
-        .filter_map(|d| match d {
+        .filter_map(|d| match d.into_owned() {
             Delta::Bias {
                 tensor,
                 after,
@@ -428,8 +512,53 @@ mod tests {
             after: "w".into(),
             values: vec![v, 2.0 * v],
         };
-        let m = merge(vec![b(1.0), b(2.0)]);
+        let edits = [b(1.0), b(2.0)];
+        let m = merge(&edits).unwrap();
         assert_eq!(m.len(), 1);
-        assert_eq!(m[0].values(), &[3.0, 6.0]);
+        let Delta::Bias { values, .. } = m[0].as_ref() else {
+            panic!("a bias edit merged into {:?}", m[0]);
+        };
+        assert_eq!(values, &[3.0, 6.0]);
+    }
+
+    fn product(rows: usize, cols: usize, rank: usize, seed: f32) -> (Change, Vec<f32>) {
+        let b: Vec<f32> = (0..rows * rank)
+            .map(|i| (i as f32 * 0.37 + seed).sin())
+            .collect();
+        let a: Vec<f32> = (0..rank * cols)
+            .map(|i| (i as f32 * 0.91 - seed).cos())
+            .collect();
+        let mut d = vec![0.0; rows * cols];
+        for i in 0..rows {
+            for j in 0..cols {
+                d[i * cols + j] = (0..rank).map(|k| b[i * rank + k] * a[k * cols + j]).sum();
+            }
+        }
+        (Change::Product { b, a, rank }, d)
+    }
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4)
+    }
+
+    #[test]
+    fn a_factored_change_stores_the_product_of_its_factors() {
+        let (c, d) = product(5, 7, 3, 0.2);
+        let want: Vec<f32> = d.iter().map(|x| x * 0.5).collect();
+        assert!(close(&c.scaled(0.5).unwrap(), &want));
+    }
+
+    #[test]
+    fn factored_changes_of_one_matrix_sum_by_stacking_and_with_dense_ones_by_value() {
+        let (p, dp) = product(4, 6, 2, 0.1);
+        let (q, dq) = product(4, 6, 3, 0.7);
+        let sum: Vec<f32> = dp.iter().zip(&dq).map(|(a, b)| a + b).collect();
+        let stacked = p.clone().plus(&q).unwrap();
+        assert!(matches!(stacked, Change::Product { rank: 5, .. }));
+        assert!(close(&stacked.scaled(1.0).unwrap(), &sum));
+        let mixed = Change::Dense(dp.clone()).plus(&q).unwrap();
+        assert!(matches!(mixed, Change::Dense(_)));
+        assert!(close(&mixed.scaled(1.0).unwrap(), &sum));
+        assert!(Change::Dense(vec![1.0; 3]).plus(&q).is_err());
     }
 }

@@ -8,5 +8,5 @@ pub mod output;
 pub mod provenance;
 pub mod rounding;
 
-pub use edit::{to_gguf_edits, Delta, EditType, TensorReport};
+pub use edit::{to_gguf_edits, Change, Delta, EditType, TensorReport};
 pub use provenance::Provenance;

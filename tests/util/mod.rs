@@ -169,3 +169,20 @@ pub fn mean_kl(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
         .sum::<f64>()
         / a.len().max(1) as f64
 }
+
+/// A generated model of `arch` (F16 matrices) whose next-token distributions are far from
+/// uniform. F16, not a 4-bit type: llama.cpp rounds a k-quant matmul's input to 8 bits, an
+/// error the sharpened logits magnify past what a graph check can tell apart from a mistake
+/// (the real models check the quantized path).
+pub fn generated(dir: &std::path::Path, arch: &str, rope_freqs: bool) -> std::path::PathBuf {
+    use gguf_sleep::synth::{write_random, Dims};
+    let tok = gguf::GgufFile::open(smollm2()).unwrap();
+    let dims = Dims {
+        sharpen: 6.0,
+        rope_freqs,
+        ..Dims::plain(arch, 2, 256, 512, [4, 2, 64])
+    };
+    let path = dir.join(format!("{arch}-{rope_freqs}.gguf"));
+    write_random(&dims, &tok, &path, 11).unwrap();
+    path
+}

@@ -209,13 +209,17 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
-    /// The tables for `t` positions, head size `hd`, base `base`.
-    pub fn new(t: usize, hd: usize, base: f64) -> RopeTables {
+    /// The tables for `t` positions, head size `hd`, base `base`; pair `i`'s frequency is
+    /// divided by `factors[i]` where given (ggml's `freq_factors`, Llama 3's `rope_freqs`).
+    pub fn new(t: usize, hd: usize, base: f64, factors: Option<&[f32]>) -> RopeTables {
         let half = hd / 2;
         let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
         for p in 0..t {
             for i in 0..half {
-                let theta = p as f64 * base.powf(-2.0 * i as f64 / hd as f64);
+                let ff = factors
+                    .and_then(|f| f.get(i))
+                    .map_or(1.0, |&f| f64::from(f));
+                let theta = p as f64 * base.powf(-2.0 * i as f64 / hd as f64) / ff;
                 cos.push(theta.cos() as f32);
                 sin.push(theta.sin() as f32);
             }
@@ -376,7 +380,7 @@ mod tests {
     #[test]
     fn rope_matches_its_primitive_forms() -> Result<()> {
         let (t, hd) = (3, 8);
-        let tables = RopeTables::new(t, hd, 10.0);
+        let tables = RopeTables::new(t, hd, 10.0, None);
         let cos = Tensor::from_slice(&tables.cos, (t, hd / 2), &Device::Cpu)?;
         let sin = Tensor::from_slice(&tables.sin, (t, hd / 2), &Device::Cpu)?;
         let x = random(&[2, 3, t, hd], 6)?;
@@ -410,7 +414,7 @@ mod tests {
         // One head of size 4 at position 1, base 1: pair 0 turns by 1 rad, pair 1 by 1^(-1/2)=1.
         let x = Tensor::new(&[0f32, 0., 0., 0., 1., 0., 0., 1.], &Device::Cpu)?
             .reshape((1, 1, 2, 4))?;
-        let y = rope(&x, &RopeTables::new(2, 4, 1.0), false)?
+        let y = rope(&x, &RopeTables::new(2, 4, 1.0, None), false)?
             .narrow(2, 1, 1)?
             .flatten_all()?
             .to_vec1::<f32>()?;

@@ -1,13 +1,18 @@
-//! The student: the GGUF model as a differentiable forward pass in candle, weights dequantized
-//! through ggml's own codecs and frozen, with [`LoraSet`] adapters on top.
+//! The student: the GGUF model as a differentiable forward pass in candle, weight matrices
+//! frozen as the file stores them ([`Frozen`]: quantized, dequantized a band at a time through
+//! ggml's codecs), with [`LoraSet`] adapters on top.
 //!
-//! It follows llama.cpp's graphs for the two architectures it supports:
-//! - `llama` (SmolLM2, Llama, Mistral-style): RMSNorm → attention with RoPE in llama.cpp's
-//!   "normal" (adjacent pairs) layout, as the GGUF converter permutes Q/K for → residual →
-//!   RMSNorm → SiLU-gated MLP → residual.
-//! - `gemma3`: embeddings scaled by √n_embd; per-head RMSNorm on Q and K; NeoX RoPE with base
-//!   10 000 on sliding-window layers and the file's base on every sixth (global) layer; Q scaled
-//!   by 1/√head_dim; post-attention and post-MLP RMSNorms; GELU(tanh)-gated MLP.
+//! It follows llama.cpp's graph for each family the architecture table gives a
+//! [`StudentGraph`]: RMSNorm → grouped-query attention (Q/K/V biases where the file has them,
+//! scores scaled by 1/√head_dim) with RoPE → residual → RMSNorm → gated MLP → residual, and per
+//! family:
+//! - `llama`: RoPE in llama.cpp's "normal" (adjacent pairs) layout, as the GGUF converter
+//!   permutes Q/K for, frequencies divided by `rope_freqs.weight` where the file has one
+//!   (Llama 3's scaling); SiLU gate; `attn_output`/`ffn_down` biases where present.
+//! - `qwen2`: NeoX RoPE (halves); `qwen3`: NeoX RoPE and per-head RMSNorm on Q and K.
+//! - `gemma3`: embeddings scaled by √n_embd; Q/K norms; NeoX RoPE with base 10 000 on
+//!   sliding-window layers and the file's base on every sixth (global) layer; post-attention and
+//!   post-MLP RMSNorms; GELU(tanh)-gated MLP.
 //!
 //! Sequences are shorter than Gemma-3's 512-token window, so the sliding window never masks.
 
@@ -22,18 +27,17 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, RwLock};
 
 use super::lora::{LoraSet, Targets};
-use crate::arch::{Family as ArchFamily, StudentGraph};
+use crate::arch::{Family, StudentGraph};
 use crate::engine::dequantize;
-use frozen::Frozen;
-
-/// The graph the student follows ([`crate::arch`] says which family has which).
-pub type Family = StudentGraph;
+pub use frozen::Frozen;
 
 /// Hyper-parameters read from the GGUF header.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// architecture family
-    pub family: Family,
+    /// the architecture's row of the table
+    pub family: &'static Family,
+    /// what the student's forward pass does for it
+    pub graph: StudentGraph,
     /// blocks
     pub n_layer: usize,
     /// residual width
@@ -61,10 +65,9 @@ impl Config {
         let arch = h
             .architecture()
             .context("the model has no general.architecture")?;
-        let Some(family) = ArchFamily::of(arch)?.student else {
-            bail!(
-                "bake supports the llama and gemma3 architectures, not {arch}: use `patch` for this model"
-            );
+        let family = Family::of(arch)?;
+        let Some(graph) = family.student else {
+            bail!("bake does not support the {arch} architecture: use `patch` for this model");
         };
         let m = &h.metadata;
         let u = |k: &str| {
@@ -79,8 +82,17 @@ impl Config {
             .arch_u64("attention.key_length")
             .map_or(n_embd / n_head.max(1), |v| v as usize);
         let swa = h.arch_u64("attention.sliding_window").unwrap_or(0);
+        if let Some(n_rot) = h.arch_u64("rope.dimension_count") {
+            if n_rot as usize != head_dim {
+                bail!(
+                    "bake rotates whole heads; this {arch} model rotates {n_rot} of {head_dim} \
+                     values a head: use `patch` for it"
+                );
+            }
+        }
         Ok(Config {
             family,
+            graph,
             n_layer: u("block_count")?,
             n_embd,
             n_head,
@@ -89,7 +101,7 @@ impl Config {
             eps: fv("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
             rope_base: fv("rope.freq_base").unwrap_or(10_000.0),
             rope_base_swa: fv("rope.freq_base_swa").unwrap_or(10_000.0),
-            swa_pattern: if family == Family::Gemma3 && swa > 0 {
+            swa_pattern: if family.sliding_window && swa > 0 {
                 h.arch_u64("attention.sliding_window_pattern").unwrap_or(6) as usize
             } else {
                 0
@@ -161,17 +173,19 @@ fn sums_input(name: &str) -> bool {
 /// The frozen model.
 pub struct Student {
     cfg: Config,
-    embd: Tensor,
+    embd: Frozen,
     layers: Vec<Layer>,
     out_norm: Tensor,
     head: Frozen,
+    /// Llama 3's per-pair RoPE frequency divisors (`rope_freqs.weight`), where used
+    rope_freqs: Option<Vec<f32>>,
     /// when set, the inputs of every adapted matrix are summed here (importance weights, Grams)
     record: Mutex<Option<Recorded>>,
     /// quantization-aware training: an adapted matrix as it will be stored, `Q(W + B·A)`
     quantized: RwLock<BTreeMap<String, Frozen>>,
 }
 
-/// Dequantize tensor `name` of `f` into a candle tensor of the given shape.
+/// Dequantize the 1-D (or small) tensor `name` of `f` into a candle tensor of `shape`.
 fn load(f: &GgufFile, name: &str, shape: &[usize]) -> Result<Tensor> {
     let info = f
         .header()
@@ -186,8 +200,25 @@ fn load(f: &GgufFile, name: &str, shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
+/// The weight matrix `name` of `f` (`rows × cols`), kept as stored.
+fn matrix(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Frozen> {
+    let info = f
+        .header()
+        .tensor(name)
+        .with_context(|| format!("the model has no tensor {name}"))?;
+    if (info.ne0(), info.n_rows()) != (cols as u64, rows as u64) {
+        bail!(
+            "{name} has shape {:?}, expected [{cols}, {rows}]",
+            info.dims
+        );
+    }
+    Frozen::new(info.ggml_type, f.tensor_data(info).to_vec(), rows, cols)
+        .with_context(|| format!("cannot read {name}"))
+}
+
 impl Student {
-    /// Load every weight of `f`, dequantized to f32.
+    /// Load `f`: weight matrices as stored, norms and biases in f32. The file's pages are
+    /// released afterwards (the student holds its own copy of what it needs).
     pub fn load(f: &GgufFile) -> Result<Student> {
         let cfg = Config::from_file(f)?;
         let d = cfg.n_embd;
@@ -200,52 +231,65 @@ impl Student {
             .arch_u64("feed_forward_length")
             .context("no feed_forward_length")? as usize;
         let (nq, nkv) = (cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim);
-        let embd = load(f, "token_embd.weight", &[n_vocab, d])?;
+        let embd = matrix(f, "token_embd.weight", n_vocab, d)?;
         let head = match h.tensor("output.weight") {
-            Some(_) => load(f, "output.weight", &[n_vocab, d])?,
+            Some(_) => matrix(f, "output.weight", n_vocab, d)?,
             None => embd.clone(),
         };
-        let gemma = cfg.family == Family::Gemma3;
+        let g = cfg.graph;
+        let rope_freqs = match h.tensor("rope_freqs.weight") {
+            Some(_) if g.rope_freqs => {
+                Some(load(f, "rope_freqs.weight", &[cfg.head_dim / 2])?.to_vec1::<f32>()?)
+            }
+            _ => None,
+        };
+        // The biases llama.cpp's graph adds: Q/K/V's wherever a file has them, the two that
+        // write into the residual only in families whose graph adds them.
+        let biased: Vec<&str> = Targets::All
+            .kinds()
+            .iter()
+            .copied()
+            .filter(|k| cfg.family.out_biases || !["attn_output", "ffn_down"].contains(k))
+            .collect();
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
             let t = |k: &str| format!("blk.{l}.{k}.weight");
             let mut bias = BTreeMap::new();
-            for &kind in Targets::All.kinds() {
+            for &kind in &biased {
                 let name = format!("blk.{l}.{kind}.bias");
                 if let Some(info) = h.tensor(&name) {
                     bias.insert(kind, load(f, &name, &[info.n_elements() as usize])?);
                 }
             }
-            let opt = |k: &str, n: usize| -> Result<Option<Tensor>> {
-                if gemma {
-                    Ok(Some(load(f, &t(k), &[n])?))
-                } else {
-                    Ok(None)
-                }
+            let opt = |used: bool, k: &str, n: usize| -> Result<Option<Tensor>> {
+                used.then(|| load(f, &t(k), &[n])).transpose()
             };
             layers.push(Layer {
                 attn_norm: load(f, &t("attn_norm"), &[d])?,
-                q: Frozen::new(load(f, &t("attn_q"), &[nq, d])?),
-                k: Frozen::new(load(f, &t("attn_k"), &[nkv, d])?),
-                v: Frozen::new(load(f, &t("attn_v"), &[nkv, d])?),
-                o: Frozen::new(load(f, &t("attn_output"), &[d, nq])?),
-                q_norm: opt("attn_q_norm", cfg.head_dim)?,
-                k_norm: opt("attn_k_norm", cfg.head_dim)?,
-                post_attn_norm: opt("post_attention_norm", d)?,
+                q: matrix(f, &t("attn_q"), nq, d)?,
+                k: matrix(f, &t("attn_k"), nkv, d)?,
+                v: matrix(f, &t("attn_v"), nkv, d)?,
+                o: matrix(f, &t("attn_output"), d, nq)?,
+                q_norm: opt(g.qk_norm, "attn_q_norm", cfg.head_dim)?,
+                k_norm: opt(g.qk_norm, "attn_k_norm", cfg.head_dim)?,
+                post_attn_norm: opt(g.post_attn_norm, "post_attention_norm", d)?,
                 ffn_norm: load(f, &t("ffn_norm"), &[d])?,
-                gate: Frozen::new(load(f, &t("ffn_gate"), &[n_ff, d])?),
-                up: Frozen::new(load(f, &t("ffn_up"), &[n_ff, d])?),
-                down: Frozen::new(load(f, &t("ffn_down"), &[d, n_ff])?),
-                post_ffn_norm: opt("post_ffw_norm", d)?,
+                gate: matrix(f, &t("ffn_gate"), n_ff, d)?,
+                up: matrix(f, &t("ffn_up"), n_ff, d)?,
+                down: matrix(f, &t("ffn_down"), d, n_ff)?,
+                post_ffn_norm: opt(cfg.family.post_ffn_norm, "post_ffw_norm", d)?,
                 bias,
             });
         }
+        let out_norm = load(f, "output_norm.weight", &[d])?;
+        f.release_pages();
         Ok(Student {
-            out_norm: load(f, "output_norm.weight", &[d])?,
+            out_norm,
             cfg,
             embd,
             layers,
-            head: Frozen::new(head),
+            head,
+            rope_freqs,
             record: Mutex::new(None),
             quantized: RwLock::new(BTreeMap::new()),
         })
@@ -258,21 +302,21 @@ impl Student {
 
     /// `(n_out, n_in)` of the weight matrix `blk.{layer}.{kind}.weight`.
     pub fn matrix_shape(&self, layer: usize, kind: &str) -> Result<(usize, usize)> {
-        Ok(self.matrix(layer, kind)?.weight().dims2()?)
+        Ok(self.matrix(layer, kind)?.shape())
     }
 
-    /// Use `w` (`Q(W + B·A)`, dequantized) for the adapted matrix `name` in the forward pass,
-    /// with the adapter's gradient passed straight through (quantization-aware training).
-    pub fn set_quantized(&self, name: &str, w: Tensor) {
+    /// Use `w` (`Q(W + B·A)` as it will be stored) for the adapted matrix `name` in the forward
+    /// pass, with the adapter's gradient passed straight through (quantization-aware training).
+    pub fn set_quantized(&self, name: &str, w: Frozen) {
         self.quantized
             .write()
             .expect("not poisoned")
-            .insert(name.to_string(), Frozen::new(w));
+            .insert(name.to_string(), w);
     }
 
-    /// The dequantized original of the weight matrix `blk.{layer}.{kind}.weight`.
-    pub fn original(&self, layer: usize, kind: &str) -> Result<&Tensor> {
-        Ok(self.matrix(layer, kind)?.weight())
+    /// The original weight matrix `blk.{layer}.{kind}.weight`, dequantized (`out × in`).
+    pub fn original(&self, layer: usize, kind: &str) -> Result<Tensor> {
+        Ok(self.matrix(layer, kind)?.dequantized()?)
     }
 
     fn matrix(&self, layer: usize, kind: &str) -> Result<&Frozen> {
@@ -295,16 +339,15 @@ impl Student {
     pub fn logits(&self, tokens: &Tensor, out_idx: &Tensor, lora: &LoraSet) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let d = self.cfg.n_embd;
-        let mut x = self
-            .embd
-            .index_select(&tokens.flatten_all()?, 0)?
-            .reshape((b, t, d))?;
-        if self.cfg.family == Family::Gemma3 {
+        let ids = tokens.flatten_all()?.to_vec1::<u32>()?;
+        let mut x = self.embd.rows(&ids)?.reshape((b, t, d))?;
+        if self.cfg.family.scaled_embeddings {
             x = (x * (d as f64).sqrt())?;
         }
         let hd = self.cfg.head_dim;
-        let global = fused::RopeTables::new(t, hd, self.cfg.rope_base);
-        let sliding = fused::RopeTables::new(t, hd, self.cfg.rope_base_swa);
+        let ff = self.rope_freqs.as_deref();
+        let global = fused::RopeTables::new(t, hd, self.cfg.rope_base, ff);
+        let sliding = fused::RopeTables::new(t, hd, self.cfg.rope_base_swa, ff);
         for (l, layer) in self.layers.iter().enumerate() {
             let rope = if self.cfg.sliding(l) {
                 &sliding
@@ -440,7 +483,7 @@ impl Student {
         let c = &self.cfg;
         let (b, t, _) = x.dims3()?;
         let hd = c.head_dim;
-        let gemma = c.family == Family::Gemma3;
+        let g = c.graph;
         let h = fused::rms_norm(x, &ly.attn_norm, c.eps)?;
         let q = self
             .linear(&ly.q, l, "attn_q", &h, lora)?
@@ -461,8 +504,8 @@ impl Student {
         let q = q.transpose(1, 2)?.contiguous()?; // b, heads, t, hd
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
-        let q = fused::rope(&q, rope, gemma)?;
-        let k = fused::rope(&k, rope, gemma)?;
+        let q = fused::rope(&q, rope, g.neox_rope)?;
+        let k = fused::rope(&k, rope, g.neox_rope)?;
         // The query heads that share a key head (llama.cpp groups them consecutively) are
         // stacked along the rows: (b, kv, rep·t, hd), row r at position r mod t.
         let rep = c.n_head / c.n_head_kv;
@@ -481,10 +524,10 @@ impl Student {
         }
         let x = (x + a)?;
         let h = fused::rms_norm(&x, &ly.ffn_norm, c.eps)?;
-        let g = self.linear(&ly.gate, l, "ffn_gate", &h, lora)?;
-        let g = if gemma { g.gelu()? } else { g.silu()? };
+        let gate = self.linear(&ly.gate, l, "ffn_gate", &h, lora)?;
+        let gate = if g.gelu { gate.gelu()? } else { gate.silu()? };
         let u = self.linear(&ly.up, l, "ffn_up", &h, lora)?;
-        let mut m = self.linear(&ly.down, l, "ffn_down", &(g * u)?, lora)?;
+        let mut m = self.linear(&ly.down, l, "ffn_down", &(gate * u)?, lora)?;
         if let Some(n) = &ly.post_ffn_norm {
             m = fused::rms_norm(&m, n, c.eps)?;
         }
