@@ -180,6 +180,7 @@ fn assert_one_step_lowers_the_loss(path: &std::path::Path, student: &Student, lo
     let opts = train::TrainOptions {
         steps: 1,
         batch: 1,
+        micro_batch: None,
         lr: 1e-3,
         eval_every: 1,
         seed: 1,
@@ -235,4 +236,70 @@ fn one_step_on_bias_changes_alone_moves_them_and_lowers_the_loss() {
     assert!(lora.is_zero().unwrap(), "fresh bias changes are zero");
     assert_one_step_lowers_the_loss(&path, &student, &lora);
     assert!(!lora.is_zero().unwrap(), "the step left the biases at zero");
+}
+
+#[test]
+fn a_step_gradient_summed_over_micro_batches_is_the_whole_batch_gradient() {
+    let path = util::smollm2();
+    let file = gguf::GgufFile::open(&path).unwrap();
+    let student = Student::load(&file).unwrap();
+    let mut lora = LoraSet::default();
+    for l in [3, 17] {
+        for kind in ["attn_q", "ffn_down"] {
+            let (o, i) = student.matrix_shape(l, kind).unwrap();
+            let name = format!("blk.{l}.{kind}.weight");
+            lora.add_fresh(&name, o, i, 4, l as u64).unwrap();
+        }
+    }
+    // B starts at zero, so A's gradient is zero: one step first makes both non-zero.
+    assert_one_step_lowers_the_loss(&path, &student, &lora);
+    // Two trajectories of different lengths (the shorter is padded in a whole batch) and
+    // different numbers of scored positions (the weights of the sum).
+    let long = fixed_example(&path);
+    let mut short = long.clone();
+    let cut = 9;
+    short.tokens.truncate(short.tokens.len() - cut);
+    short.n -= cut;
+    let k = long.ids.len() / long.n;
+    short.ids.truncate(short.n * k);
+    short.logp.truncate(short.n * k);
+    short.tail.truncate(short.n);
+    let picked = [&long, &short];
+    let grads = |micro: usize, set: &[&teacher::Example]| {
+        let (loss, g) = train::batch_gradient(&student, &lora, set, micro).unwrap();
+        let flat: Vec<f32> = lora
+            .vars()
+            .iter()
+            .flat_map(|v| {
+                g.get(v.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        (loss, flat)
+    };
+    let (loss_whole, whole) = grads(2, &picked);
+    let (loss_micro, micro) = grads(1, &picked);
+    let (_, first_only) = grads(1, &picked[..1]);
+    let dist = |a: &[f32], b: &[f32]| {
+        let d: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+        let n: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum();
+        (d / n.max(f64::MIN_POSITIVE)).sqrt()
+    };
+    let norm: f64 = whole.iter().map(|x| f64::from(*x).powi(2)).sum();
+    assert!(norm > 0.0, "the gradient is zero: the test shows nothing");
+    let err = dist(&micro, &whole);
+    let apart = dist(&first_only, &whole);
+    eprintln!(
+        "loss {loss_whole:.5} / {loss_micro:.5}; relative gradient difference {err:.2e} (one trajectory alone: {apart:.2e})"
+    );
+    assert!((loss_whole - loss_micro).abs() < 1e-4 * loss_whole.abs().max(1e-3));
+    assert!(err < 1e-4, "micro-batched gradient differs by {err:.2e}");
+    assert!(
+        apart > 1e-2,
+        "the second trajectory hardly changes the gradient ({apart:.2e}): the test shows nothing"
+    );
 }

@@ -11,6 +11,7 @@
 //! by the patch fitted to the adapted model ([`Merge::Refit`]), or written as a LoRA adapter
 //! GGUF llama.cpp loads with `--lora`. [`options`] holds the settings and every default.
 
+pub mod hessians;
 pub mod lora;
 pub mod options;
 pub mod qat;
@@ -23,7 +24,6 @@ pub mod warm;
 use anyhow::{bail, Context as _, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::arch::Family;
@@ -31,10 +31,10 @@ use crate::engine::Model;
 use crate::export::lora::{write_adapter, Factors};
 use crate::options::InvalidOptions;
 use crate::store::output::{self, Scratch};
-use crate::store::rounding::Hessian;
 use crate::store::{self, provenance, Delta, Provenance, TensorReport};
 use crate::text::convo::check_prompt_fits;
 use crate::text::is_validation;
+pub use hessians::LayerHessians;
 pub use lora::{LoraSet, Targets};
 pub use options::{BakeEmit, BakeOptions, Init, Merge};
 pub use report::{BakeReport, Progress};
@@ -81,7 +81,18 @@ pub fn bake(
     // The prompt's effect on the validation trajectories: the unmodified model's KL.
     let t = Instant::now();
     let original = Student::load(&src)?;
-    let val_base = train::mean_kl(&original, &LoraSet::default(), &data.val, opts.train.batch)?;
+    let micro = match opts.train.micro_batch {
+        Some(m) => m,
+        None => {
+            let c = original.config();
+            let n_ff = original.matrix_shape(0, "ffn_down")?.1;
+            let per_token = options::activation_bytes(c.n_layer, c.n_embd, n_ff);
+            let tokens = data.train.iter().map(|e| e.tokens.len()).sum::<usize>() as f64
+                / data.train.len().max(1) as f64;
+            options::default_micro_batch(per_token, tokens, opts.train.batch)
+        }
+    };
+    let val_base = train::mean_kl(&original, &LoraSet::default(), &data.val, micro)?;
     phases.push(("load student".to_string(), t.elapsed().as_secs_f64()));
 
     // The warm start: the patched model, kept in a scratch file beside the output until the
@@ -95,7 +106,7 @@ pub fn bake(
             warm::run_patch(input, tmp.path(), system, &data.train, opts, None, progress)?;
             let file = gguf::GgufFile::open(tmp.path())?;
             let student = Student::load(&file)?;
-            let kl = train::mean_kl(&student, &LoraSet::default(), &data.val, opts.train.batch)?;
+            let kl = train::mean_kl(&student, &LoraSet::default(), &data.val, micro)?;
             phases.push(("warm start (patch)".to_string(), t.elapsed().as_secs_f64()));
             (Some((tmp, file)), student, kl)
         }
@@ -107,8 +118,9 @@ pub fn bake(
     let lora = adapters(&student, opts)?;
 
     let t = Instant::now();
-    let inputs = record_inputs(&student, &lora, &data, opts)?;
+    let importance = record_importance(&student, &lora, &data, micro)?;
     let mut train_opts = opts.train.clone();
+    train_opts.micro_batch = Some(micro);
     if opts.emit != BakeEmit::Merged || opts.refit() {
         // An adapter is stored exactly; a refit reproduces the full-precision adapter.
         train_opts.qat_from = None;
@@ -129,7 +141,7 @@ pub fn bake(
             if let Some(p) = snapshot.take() {
                 adapter_file(src, &lora, opts.strength, &p)?;
             }
-            qat::refresh(&student, &lora, src, opts.edit_type, &inputs.importance)
+            qat::refresh(&student, &lora, src, opts.edit_type, &importance)
         },
         &mut |s, l| progress("train", s, steps, Some(l)),
     )?;
@@ -164,7 +176,7 @@ pub fn bake(
             )?;
             (r.tensors, r.bytes)
         }
-        BakeEmit::Merged => merge(src, &lora, &inputs, &own, opts, output)?,
+        BakeEmit::Merged => merge(src, &student, &lora, &data, &importance, &own, opts, output)?,
     };
     progress("write", 1, 1, None);
     let phase = if opts.refit() {
@@ -180,6 +192,7 @@ pub fn bake(
         val_trajectories: data.val.len(),
         mean_tail_mass: data.tail,
         params: lora.n_params(),
+        micro_batch: micro,
         val_kl_base: val_base,
         curve,
         steps_to_0_9,
@@ -236,96 +249,84 @@ fn teach(input: &Path, system: &str, opts: &BakeOptions, progress: Progress) -> 
     })
 }
 
-/// What requantization weighs a merged matrix's error by.
-struct Inputs {
-    /// per adapted matrix: its inputs' mean squares (importance weights)
-    importance: BTreeMap<String, Vec<f32>>,
-    /// per input, for output-aware rounding: the inputs' Gram (empty without it)
-    hessians: BTreeMap<String, Arc<Hessian>>,
-}
+/// The trajectories output-aware rounding takes its Grams from: the first training ones.
+const GRAM_TRAJECTORIES: usize = 16;
 
-/// The adapted matrices' mean squared inputs on training trajectories; for output-aware
-/// rounding also their Grams, on those and on the validation trajectories (the damping is
-/// chosen on them).
-fn record_inputs(
+/// The adapted matrices' mean squared inputs on the first training trajectories (the
+/// importance weights requantization takes), before training.
+fn record_importance(
     student: &Student,
     lora: &LoraSet,
     data: &Taught,
-    opts: &BakeOptions,
-) -> Result<Inputs> {
-    let rounding = opts.output_rounding && opts.emit == BakeEmit::Merged;
-    student.record_inputs(rounding);
-    let some = &data.train[..data.train.len().min(16)];
-    train::mean_kl(student, lora, some, opts.train.batch)?;
-    let (importance, train_grams) = student.take_inputs();
-    let hessians = if rounding {
-        student.record_inputs(true);
-        train::mean_kl(student, lora, &data.val, opts.train.batch)?;
-        hessians(train_grams, student.take_inputs().1)
-    } else {
-        BTreeMap::new()
-    };
-    Ok(Inputs {
-        importance,
-        hessians,
-    })
+    micro: usize,
+) -> Result<BTreeMap<String, Vec<f32>>> {
+    student.record_inputs(false);
+    let some = &data.train[..data.train.len().min(GRAM_TRAJECTORIES)];
+    train::mean_kl(student, lora, some, micro)?;
+    Ok(student.take_inputs().0)
 }
 
 /// The merged output: every `B·A` added to its matrix and requantized (trained bias changes
 /// stored exactly), with bake's provenance; returns the stored tensors and the bytes written.
+/// Layer by layer: with output-aware rounding each layer's Grams (over the first training and
+/// the validation trajectories, the latter's part choosing the damping) are summed by
+/// [`LayerHessians`] as its matrices are stored, and dropped after.
+#[allow(clippy::too_many_arguments)]
 fn merge(
     src: &gguf::GgufFile,
+    student: &Student,
     lora: &LoraSet,
-    inputs: &Inputs,
+    data: &Taught,
+    importance: &BTreeMap<String, Vec<f32>>,
     own: &Provenance,
     opts: &BakeOptions,
     out: &Path,
 ) -> Result<(Vec<TensorReport>, u64)> {
-    let mut deltas = Vec::new();
-    for (name, ad) in &lora.adapters {
-        deltas.push(Delta::Matrix {
-            tensor: name.clone(),
-            delta: ad.factors()?,
-            importance: inputs.importance.get(name).cloned(),
-            hessian: inputs.hessians.get(&student::input_of(name)).cloned(),
-        });
+    let rounding = opts.output_rounding && opts.emit == BakeEmit::Merged;
+    let fresh = adapters(student, opts)?;
+    let mut walk = if rounding {
+        let fit = &data.train[..data.train.len().min(GRAM_TRAJECTORIES)];
+        Some(LayerHessians::new(student, &fresh, fit, &data.val)?)
+    } else {
+        None
+    };
+    let layer_of = |name: &str| -> Option<usize> {
+        name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+    };
+    let (mut edits, mut reports) = (gguf::Edits::new(), Vec::new());
+    for l in 0..=student.config().n_layer {
+        // Layer `n_layer` collects anything outside the blocks.
+        let here = |name: &str| layer_of(name).map_or(l == student.config().n_layer, |k| k == l);
+        let hessians = match walk.as_mut() {
+            Some(w) if l < student.config().n_layer => {
+                debug_assert_eq!(w.layer(), l);
+                w.next_layer()?
+            }
+            _ => BTreeMap::new(),
+        };
+        let mut deltas = Vec::new();
+        for (name, ad) in lora.adapters.iter().filter(|(n, _)| here(n)) {
+            deltas.push(Delta::Matrix {
+                tensor: name.clone(),
+                delta: ad.factors()?,
+                importance: importance.get(name).cloned(),
+                hessian: hessians.get(&student::input_of(name)).cloned(),
+            });
+        }
+        for (name, b) in lora.biases.iter().filter(|(n, _)| here(n)) {
+            deltas.push(Delta::Bias {
+                tensor: name.clone(),
+                after: name.replace(".bias", ".weight"),
+                values: b.as_tensor().to_vec1::<f32>()?,
+            });
+        }
+        let (e, r) = store::to_gguf_edits(src, &deltas, opts.strength, opts.edit_type)?;
+        edits.extend(e);
+        reports.extend(r);
     }
-    for (name, b) in &lora.biases {
-        deltas.push(Delta::Bias {
-            tensor: name.clone(),
-            after: name.replace(".bias", ".weight"),
-            values: b.as_tensor().to_vec1::<f32>()?,
-        });
-    }
-    let (mut edits, reports) = store::to_gguf_edits(src, &deltas, opts.strength, opts.edit_type)?;
     provenance::record(&mut edits, src.header(), None, Some(own));
     let r = gguf::write(src, &edits, out, &gguf::WriteOptions::default())?;
     Ok((reports, r.bytes))
-}
-
-/// Per input, the Hessian output-aware rounding weighs a merged matrix's error by: the Gram
-/// over the training and validation trajectories, the latter's part for choosing the damping.
-fn hessians(
-    train: BTreeMap<String, ndarray::Array2<f32>>,
-    mut val: BTreeMap<String, ndarray::Array2<f32>>,
-) -> BTreeMap<String, Arc<Hessian>> {
-    train
-        .into_iter()
-        .map(|(k, g)| {
-            let v = val.remove(&k);
-            let gram = match &v {
-                Some(v) => g + v,
-                None => g,
-            };
-            let h = Hessian {
-                gram,
-                val: v,
-                bias: None,
-                search: true,
-            };
-            (k, Arc::new(h))
-        })
-        .collect()
 }
 
 /// Projections whose bias change is trained with `opts.bias`: the two that write into the

@@ -20,6 +20,8 @@ pub struct BakeReport {
     pub mean_tail_mass: f64,
     /// trainable parameters
     pub params: usize,
+    /// trajectories per forward and backward pass (the step's gradients summed over them)
+    pub micro_batch: usize,
     /// validation KL of the unmodified model (the prompt's effect)
     pub val_kl_base: f64,
     /// the training curve

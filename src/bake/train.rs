@@ -2,7 +2,8 @@
 //! tokens, minimised with Adam over the adapters only.
 
 use anyhow::Result;
-use candle_core::{Device, Tensor, D};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use super::lora::LoraSet;
@@ -108,6 +109,10 @@ pub struct TrainOptions {
     pub steps: usize,
     /// trajectories per step
     pub batch: usize,
+    /// trajectories per forward and backward pass (a step's gradients are summed over its
+    /// passes): bounds the activations held, not what is learned
+    /// (`None`: the whole batch at once)
+    pub micro_batch: Option<usize>,
     /// Adam learning rate (decays linearly to a tenth over the run)
     pub lr: f64,
     /// validate every this many steps
@@ -138,6 +143,7 @@ pub fn train(
     progress: &mut dyn FnMut(usize, f64),
 ) -> Result<Vec<CurvePoint>> {
     let qat = |step: usize| opts.qat_from.is_some_and(|f| step >= f);
+    let micro = opts.micro_batch.unwrap_or(opts.batch);
     let start = std::time::Instant::now();
     let mut opt = AdamW::new(
         lora.vars(),
@@ -164,7 +170,7 @@ pub fn train(
     let first = if !qat(0) && lora.is_zero()? {
         start_kl
     } else {
-        mean_kl(student, lora, val, opts.batch)?
+        mean_kl(student, lora, val, micro)?
     };
     curve.push(CurvePoint {
         step: 0,
@@ -189,11 +195,8 @@ pub fn train(
             }
             picked.push(&train[order.pop().expect("non-empty")]);
         }
-        let b = batch(&picked)?;
-        let logits = student.logits(&b.tokens, &b.out_idx, lora)?;
-        let loss = kl_loss(&logits, &b)?;
-        opt.backward_step(&loss)?;
-        let l = loss.to_scalar::<f32>()? as f64;
+        let (l, grads) = batch_gradient(student, lora, &picked, micro)?;
+        opt.step(&grads)?;
         sum += l;
         cnt += 1;
         progress(step, l);
@@ -201,7 +204,7 @@ pub fn train(
             if qat(step) {
                 requantize()?;
             }
-            let v = mean_kl(student, lora, val, opts.batch)?;
+            let v = mean_kl(student, lora, val, micro)?;
             curve.push(CurvePoint {
                 step,
                 elapsed_s: start.elapsed().as_secs_f64(),
@@ -213,6 +216,49 @@ pub fn train(
         }
     }
     Ok(curve)
+}
+
+/// The gradient of the mean loss over `picked` with respect to `lora`'s variables, `micro`
+/// trajectories per forward and backward pass: each pass's loss is weighted by its share of
+/// the scored positions, so the summed gradient is the whole batch's (right padding changes
+/// nothing) while only one pass's activations are held. Returns the mean loss with it.
+pub fn batch_gradient(
+    student: &Student,
+    lora: &LoraSet,
+    picked: &[&Example],
+    micro: usize,
+) -> Result<(f64, GradStore)> {
+    let total: usize = picked.iter().map(|e| e.n).sum();
+    let vars = lora.vars();
+    let mut sum: Option<GradStore> = None;
+    let mut loss = 0f64;
+    for part in picked.chunks(micro.max(1)) {
+        let b = batch(part)?;
+        let logits = student.logits(&b.tokens, &b.out_idx, lora)?;
+        let l = (kl_loss(&logits, &b)? * (b.n as f64 / total.max(1) as f64))?;
+        loss += l.to_scalar::<f32>()? as f64;
+        let mut grads = l.backward()?;
+        drop((l, logits));
+        let Some(acc) = sum.as_mut() else {
+            sum = Some(grads);
+            continue;
+        };
+        for v in &vars {
+            let Some(g) = grads.remove(v.as_tensor()) else {
+                continue;
+            };
+            let g = match acc.remove(v.as_tensor()) {
+                Some(a) => (a + g)?,
+                None => g,
+            };
+            acc.insert(v.as_tensor(), g);
+        }
+    }
+    let grads = match sum {
+        Some(g) => g,
+        None => Tensor::zeros((), DType::F32, &Device::Cpu)?.backward()?,
+    };
+    Ok((loss, grads))
 }
 
 fn shuffle(v: &mut [usize], rng: &mut crate::generate::SplitMix) {

@@ -33,6 +33,10 @@ pub struct BakeArgs {
     /// trajectories per step [default: 8 with the warm start, 4 from the unmodified model]
     #[arg(long, help_heading = "Training")]
     batch: Option<usize>,
+    /// trajectories per forward and backward pass (gradients summed over a step's passes):
+    /// bounds activation memory, learns the same [default: from the model's size]
+    #[arg(long, help_heading = "Training")]
+    micro_batch: Option<usize>,
     /// replies sampled from the prompted model per calibration question
     #[arg(long, default_value_t = 1, help_heading = "Calibration and teacher")]
     trajectories: usize,
@@ -180,6 +184,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
         train: TrainOptions {
             steps,
             batch: a.batch.unwrap_or(d.batch),
+            micro_batch: a.micro_batch,
             lr: a.lr,
             eval_every: a.eval_every.unwrap_or(d.eval_every),
             seed: a.seed,
@@ -239,8 +244,9 @@ fn summary(r: &BakeReport, adapter: bool) {
         println!("warm start: the patched model recovers {e:.3} on validation before training");
     }
     println!(
-        "{} trainable parameters; validation KL of the unmodified model {:.4}",
-        r.params, r.val_kl_base
+        "{} trainable parameters, {} trajectories a pass; validation KL of the unmodified \
+         model {:.4}",
+        r.params, r.micro_batch, r.val_kl_base
     );
     println!("  step   elapsed   train KL   val KL   val recovery");
     for p in &r.curve {

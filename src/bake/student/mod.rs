@@ -314,6 +314,12 @@ impl Student {
             .insert(name.to_string(), w);
     }
 
+    /// Forget every matrix set by [`Student::set_quantized`]: the forward pass uses the frozen
+    /// weights again.
+    pub fn clear_quantized(&self) {
+        self.quantized.write().expect("not poisoned").clear();
+    }
+
     /// The original weight matrix `blk.{layer}.{kind}.weight`, dequantized (`out × in`).
     pub fn original(&self, layer: usize, kind: &str) -> Result<Tensor> {
         Ok(self.matrix(layer, kind)?.dequantized()?)
@@ -339,15 +345,8 @@ impl Student {
     pub fn logits(&self, tokens: &Tensor, out_idx: &Tensor, lora: &LoraSet) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let d = self.cfg.n_embd;
-        let ids = tokens.flatten_all()?.to_vec1::<u32>()?;
-        let mut x = self.embd.rows(&ids)?.reshape((b, t, d))?;
-        if self.cfg.family.scaled_embeddings {
-            x = (x * (d as f64).sqrt())?;
-        }
-        let hd = self.cfg.head_dim;
-        let ff = self.rope_freqs.as_deref();
-        let global = fused::RopeTables::new(t, hd, self.cfg.rope_base, ff);
-        let sliding = fused::RopeTables::new(t, hd, self.cfg.rope_base_swa, ff);
+        let mut x = self.embed(tokens)?;
+        let (global, sliding) = self.rope_tables(t);
         for (l, layer) in self.layers.iter().enumerate() {
             let rope = if self.cfg.sliding(l) {
                 &sliding
@@ -359,6 +358,43 @@ impl Student {
         let h = x.reshape((b * t, d))?.index_select(out_idx, 0)?;
         let h = fused::rms_norm(&h, &self.out_norm, self.cfg.eps)?;
         Ok(self.head.forward(&h)?)
+    }
+
+    /// The residual stream entering layer 0 for the token matrix `tokens` (`batch × seq`, u32):
+    /// `batch × seq × n_embd`.
+    pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let d = self.cfg.n_embd;
+        let ids = tokens.flatten_all()?.to_vec1::<u32>()?;
+        let x = self.embd.rows(&ids)?.reshape((b, t, d))?;
+        if self.cfg.family.scaled_embeddings {
+            return Ok((x * (d as f64).sqrt())?);
+        }
+        Ok(x)
+    }
+
+    /// Layer `l` alone on the residual stream `x` (as [`Student::embed`] or the layer before
+    /// left it), with no gradient kept; recorded inputs ([`Student::record_inputs`]) are
+    /// observed as in [`Student::logits`]. One layer at a time, a pass over many trajectories
+    /// holds one residual stream per trajectory instead of every layer's activations.
+    pub fn advance(&self, l: usize, x: &Tensor, lora: &LoraSet) -> Result<Tensor> {
+        let layer = self.layers.get(l).context("no such layer")?;
+        let (global, sliding) = self.rope_tables(x.dim(1)?);
+        let rope = if self.cfg.sliding(l) {
+            &sliding
+        } else {
+            &global
+        };
+        Ok(self.block(l, layer, x, rope, lora)?.detach())
+    }
+
+    /// The rotary tables of `t` positions: global layers', sliding-window layers'.
+    fn rope_tables(&self, t: usize) -> (fused::RopeTables, fused::RopeTables) {
+        let (hd, ff) = (self.cfg.head_dim, self.rope_freqs.as_deref());
+        (
+            fused::RopeTables::new(t, hd, self.cfg.rope_base, ff),
+            fused::RopeTables::new(t, hd, self.cfg.rope_base_swa, ff),
+        )
     }
 
     fn linear(
