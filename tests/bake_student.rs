@@ -1,6 +1,8 @@
 //! The bake student against llama.cpp: with zero adapters its next-token distribution matches
 //! llama.cpp's on the same tokens, on the real models and on generated qwen2, qwen3 and
-//! Llama-3-with-`rope_freqs` files; one training step lowers the loss.
+//! Llama-3-with-`rope_freqs` files; one training step lowers the loss; a step's gradient summed
+//! over micro-batches is the whole batch's; Grams summed one layer at a time are a whole
+//! forward pass's.
 
 mod util;
 
@@ -302,4 +304,64 @@ fn a_step_gradient_summed_over_micro_batches_is_the_whole_batch_gradient() {
         apart > 1e-2,
         "the second trajectory hardly changes the gradient ({apart:.2e}): the test shows nothing"
     );
+}
+
+#[test]
+fn grams_summed_one_layer_at_a_time_equal_those_of_a_whole_forward_pass() {
+    let path = util::smollm2();
+    let file = gguf::GgufFile::open(&path).unwrap();
+    let student = Student::load(&file).unwrap();
+    let n_layer = student.config().n_layer;
+    let mut lora = LoraSet::default();
+    for l in 0..n_layer {
+        for kind in ["attn_q", "attn_output", "ffn_gate", "ffn_down"] {
+            let (o, i) = student.matrix_shape(l, kind).unwrap();
+            lora.add_fresh(&format!("blk.{l}.{kind}.weight"), o, i, 4, l as u64)
+                .unwrap();
+        }
+    }
+    let fit = fixed_example(&path);
+    let mut val = fit.clone();
+    let cut = 5;
+    val.tokens.truncate(val.tokens.len() - cut);
+    val.n -= cut;
+    let k = fit.ids.len() / fit.n;
+    val.ids.truncate(val.n * k);
+    val.logp.truncate(val.n * k);
+    val.tail.truncate(val.n);
+    let whole = |ex: &teacher::Example| {
+        student.record_inputs(true);
+        train::mean_kl(&student, &lora, std::slice::from_ref(ex), 1).unwrap();
+        student.take_inputs().1
+    };
+    let (fit_grams, val_grams) = (whole(&fit), whole(&val));
+    let mut walk = gguf_sleep::bake::LayerHessians::new(
+        &student,
+        &lora,
+        std::slice::from_ref(&fit),
+        std::slice::from_ref(&val),
+    )
+    .unwrap();
+    let mut worst = 0f64;
+    for l in 0..n_layer {
+        let h = walk.next_layer().unwrap();
+        let names: Vec<&String> = h.keys().collect();
+        assert_eq!(h.len(), 4, "layer {l}: {names:?}");
+        for (input, hess) in &h {
+            assert!(
+                input.starts_with(&format!("blk.{l}.")),
+                "{input} in layer {l}"
+            );
+            let want = &fit_grams[input] + &val_grams[input];
+            let rel = |a: &ndarray::Array2<f32>, b: &ndarray::Array2<f32>| {
+                let d: f64 = (a - b).iter().map(|x| f64::from(*x).powi(2)).sum();
+                let n: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum();
+                (d / n).sqrt()
+            };
+            worst = worst.max(rel(&hess.gram, &want));
+            worst = worst.max(rel(hess.val.as_ref().unwrap(), &val_grams[input]));
+        }
+    }
+    eprintln!("worst relative Gram difference {worst:.2e}");
+    assert!(worst < 1e-4, "layer-by-layer Grams differ by {worst:.2e}");
 }
