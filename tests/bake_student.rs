@@ -174,6 +174,18 @@ fn fixed_example(path: &std::path::Path) -> teacher::Example {
     ex
 }
 
+/// `ex` less its last `cut` tokens, each a scored reply position, with their targets.
+fn shortened(ex: &teacher::Example, cut: usize) -> teacher::Example {
+    let mut short = ex.clone();
+    let k = ex.ids.len() / ex.n;
+    short.tokens.truncate(ex.tokens.len() - cut);
+    short.n -= cut;
+    short.ids.truncate(short.n * k);
+    short.logp.truncate(short.n * k);
+    short.tail.truncate(short.n);
+    short
+}
+
 /// One Adam step on `lora` over the fixed example must lower its KL.
 fn assert_one_step_lowers_the_loss(path: &std::path::Path, student: &Student, lora: &LoraSet) {
     let examples = vec![fixed_example(path)];
@@ -258,14 +270,7 @@ fn a_step_gradient_summed_over_micro_batches_is_the_whole_batch_gradient() {
     // Two trajectories of different lengths (the shorter is padded in a whole batch) and
     // different numbers of scored positions (the weights of the sum).
     let long = fixed_example(&path);
-    let mut short = long.clone();
-    let cut = 9;
-    short.tokens.truncate(short.tokens.len() - cut);
-    short.n -= cut;
-    let k = long.ids.len() / long.n;
-    short.ids.truncate(short.n * k);
-    short.logp.truncate(short.n * k);
-    short.tail.truncate(short.n);
+    let short = shortened(&long, 9);
     let picked = [&long, &short];
     let grads = |micro: usize, set: &[&teacher::Example]| {
         let (loss, g) = train::batch_gradient(&student, &lora, set, micro).unwrap();
@@ -321,14 +326,7 @@ fn grams_summed_one_layer_at_a_time_equal_those_of_a_whole_forward_pass() {
         }
     }
     let fit = fixed_example(&path);
-    let mut val = fit.clone();
-    let cut = 5;
-    val.tokens.truncate(val.tokens.len() - cut);
-    val.n -= cut;
-    let k = fit.ids.len() / fit.n;
-    val.ids.truncate(val.n * k);
-    val.logp.truncate(val.n * k);
-    val.tail.truncate(val.n);
+    let val = shortened(&fit, 5);
     let whole = |ex: &teacher::Example| {
         student.record_inputs(true);
         train::mean_kl(&student, &lora, std::slice::from_ref(ex), 1).unwrap();

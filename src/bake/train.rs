@@ -1,9 +1,9 @@
 //! The training objective and loop: Prompt Baking's `KL(teacher ‖ student)` over the reply
 //! tokens, minimised with Adam over the adapters only.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use super::lora::LoraSet;
@@ -254,10 +254,7 @@ pub fn batch_gradient(
             acc.insert(v.as_tensor(), g);
         }
     }
-    let grads = match sum {
-        Some(g) => g,
-        None => Tensor::zeros((), DType::F32, &Device::Cpu)?.backward()?,
-    };
+    let grads = sum.context("no trajectories to take a gradient over")?;
     Ok((loss, grads))
 }
 
