@@ -195,6 +195,7 @@ fn assert_one_step_lowers_the_loss(path: &std::path::Path, student: &Student, lo
         steps: 1,
         batch: 1,
         micro_batch: None,
+        recompute: None,
         lr: 1e-3,
         eval_every: 1,
         seed: 1,
@@ -253,7 +254,8 @@ fn one_step_on_bias_changes_alone_moves_them_and_lowers_the_loss() {
 }
 
 #[test]
-fn a_step_gradient_summed_over_micro_batches_is_the_whole_batch_gradient() {
+fn a_step_gradient_summed_over_micro_batches_or_recomputed_layer_by_layer_is_the_whole_batch_gradient(
+) {
     let path = util::smollm2();
     let file = gguf::GgufFile::open(&path).unwrap();
     let student = Student::load(&file).unwrap();
@@ -272,8 +274,8 @@ fn a_step_gradient_summed_over_micro_batches_is_the_whole_batch_gradient() {
     let long = fixed_example(&path);
     let short = shortened(&long, 9);
     let picked = [&long, &short];
-    let grads = |micro: usize, set: &[&teacher::Example]| {
-        let (loss, g) = train::batch_gradient(&student, &lora, set, micro).unwrap();
+    let grads_of = |micro: usize, set: &[&teacher::Example], recompute: bool| {
+        let (loss, g) = train::batch_gradient(&student, &lora, set, micro, recompute).unwrap();
         let flat: Vec<f32> = lora
             .vars()
             .iter()
@@ -288,6 +290,7 @@ fn a_step_gradient_summed_over_micro_batches_is_the_whole_batch_gradient() {
             .collect();
         (loss, flat)
     };
+    let grads = |micro: usize, set: &[&teacher::Example]| grads_of(micro, set, false);
     let (loss_whole, whole) = grads(2, &picked);
     let (loss_micro, micro) = grads(1, &picked);
     let (_, first_only) = grads(1, &picked[..1]);
@@ -305,6 +308,13 @@ fn a_step_gradient_summed_over_micro_batches_is_the_whole_batch_gradient() {
     );
     assert!((loss_whole - loss_micro).abs() < 1e-4 * loss_whole.abs().max(1e-3));
     assert!(err < 1e-4, "micro-batched gradient differs by {err:.2e}");
+    for micro in [1, 2] {
+        let (loss_re, re) = grads_of(micro, &picked, true);
+        let err = dist(&re, &whole);
+        eprintln!("recomputed, {micro} a pass: relative gradient difference {err:.2e}");
+        assert!((loss_whole - loss_re).abs() < 1e-4 * loss_whole.abs().max(1e-3));
+        assert!(err < 1e-4, "recomputed gradient differs by {err:.2e}");
+    }
     assert!(
         apart > 1e-2,
         "the second trajectory hardly changes the gradient ({apart:.2e}): the test shows nothing"
@@ -334,7 +344,7 @@ fn grams_summed_one_layer_at_a_time_equal_those_of_a_whole_forward_pass() {
     };
     let (fit_grams, val_grams) = (whole(&fit), whole(&val));
     let mut walk = gguf_sleep::bake::LayerHessians::new(
-        &student,
+        student,
         &lora,
         std::slice::from_ref(&fit),
         std::slice::from_ref(&val),

@@ -18,9 +18,11 @@ use super::teacher::Example;
 use crate::store::rounding::Hessian;
 
 /// The residual streams of two sets of trajectories (the Gram's and the validation part's),
-/// at the entry of layer [`LayerHessians::layer`].
+/// at the entry of layer [`LayerHessians::layer`]. It owns the student and releases each layer
+/// once the streams have passed it, so the merged write's copy of the model grows as the
+/// student's shrinks.
 pub struct LayerHessians<'a> {
-    student: &'a Student,
+    student: Student,
     /// fresh adapters (`B = 0`): they change nothing, and mark which inputs to record
     lora: &'a LoraSet,
     fit: Vec<Tensor>,
@@ -33,7 +35,7 @@ impl<'a> LayerHessians<'a> {
     /// pass through `student` with the zero adapters `lora`; the student's quantization-aware
     /// matrices are dropped first, so the Grams are the model's before training.
     pub fn new(
-        student: &'a Student,
+        student: Student,
         lora: &'a LoraSet,
         fit: &[Example],
         val: &[Example],
@@ -48,11 +50,12 @@ impl<'a> LayerHessians<'a> {
                 })
                 .collect()
         };
+        let (fit, val) = (embed(fit)?, embed(val)?);
         Ok(LayerHessians {
             student,
             lora,
-            fit: embed(fit)?,
-            val: embed(val)?,
+            fit,
+            val,
             layer: 0,
         })
     }
@@ -75,6 +78,7 @@ impl<'a> LayerHessians<'a> {
         };
         let fit = pass(&mut self.fit)?;
         let mut val = pass(&mut self.val)?;
+        self.student.release_layer(l);
         self.layer += 1;
         Ok(fit
             .into_iter()

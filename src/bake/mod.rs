@@ -81,16 +81,27 @@ pub fn bake(
     // The prompt's effect on the validation trajectories: the unmodified model's KL.
     let t = Instant::now();
     let original = Student::load(&src)?;
-    let micro = match opts.train.micro_batch {
-        Some(m) => m,
-        None => {
-            let c = original.config();
-            let n_ff = original.matrix_shape(0, "ffn_down")?.1;
-            let per_token = options::activation_bytes(c.n_layer, c.n_embd, n_ff);
-            let tokens = data.train.iter().map(|e| e.tokens.len()).sum::<usize>() as f64
-                / data.train.len().max(1) as f64;
-            options::default_micro_batch(per_token, tokens, opts.train.batch)
-        }
+    // Recomputation holds one layer's activations, so a pass may hold more trajectories.
+    let (micro, recompute) = {
+        let c = original.config();
+        let n_ff = original.matrix_shape(0, "ffn_down")?.1;
+        let per_token = options::activation_bytes(c.n_layer, c.n_embd, n_ff);
+        let tokens = data.train.iter().map(|e| e.tokens.len()).sum::<usize>() as f64
+            / data.train.len().max(1) as f64;
+        let recompute = opts
+            .train
+            .recompute
+            .unwrap_or_else(|| options::default_recompute(per_token, tokens));
+        let held = if recompute {
+            per_token / c.n_layer.max(1) as f64
+        } else {
+            per_token
+        };
+        let micro = opts
+            .train
+            .micro_batch
+            .unwrap_or_else(|| options::default_micro_batch(held, tokens, opts.train.batch));
+        (micro, recompute)
     };
     let val_base = train::mean_kl(&original, &LoraSet::default(), &data.val, micro)?;
     phases.push(("load student".to_string(), t.elapsed().as_secs_f64()));
@@ -121,6 +132,7 @@ pub fn bake(
     let importance = record_importance(&student, &lora, &data, micro)?;
     let mut train_opts = opts.train.clone();
     train_opts.micro_batch = Some(micro);
+    train_opts.recompute = Some(recompute);
     if opts.emit != BakeEmit::Merged || opts.refit() {
         // An adapter is stored exactly; a refit reproduces the full-precision adapter.
         train_opts.qat_from = None;
@@ -155,8 +167,12 @@ pub fn bake(
     }
     let own = record(src.header(), system, opts);
     let (tensors, bytes) = match opts.emit {
-        BakeEmit::Lora => (Vec::new(), adapter_file(src, &lora, opts.strength, output)?),
+        BakeEmit::Lora => {
+            drop(student);
+            (Vec::new(), adapter_file(src, &lora, opts.strength, output)?)
+        }
         BakeEmit::Merged if opts.refit() => {
+            drop(student);
             // The patch, fitted to the adapter, is the output: it records bake's provenance
             // over its own in its one write.
             let adapter = output::scratch_file(output, Scratch::Adapter)?;
@@ -176,7 +192,7 @@ pub fn bake(
             )?;
             (r.tensors, r.bytes)
         }
-        BakeEmit::Merged => merge(src, &student, &lora, &data, &importance, &own, opts, output)?,
+        BakeEmit::Merged => merge(src, student, &lora, &data, &importance, &own, opts, output)?,
     };
     progress("write", 1, 1, None);
     let phase = if opts.refit() {
@@ -193,6 +209,7 @@ pub fn bake(
         mean_tail_mass: data.tail,
         params: lora.n_params(),
         micro_batch: micro,
+        recompute,
         val_kl_base: val_base,
         curve,
         steps_to_0_9,
@@ -270,11 +287,12 @@ fn record_importance(
 /// stored exactly), with bake's provenance; returns the stored tensors and the bytes written.
 /// Layer by layer: with output-aware rounding each layer's Grams (over the first training and
 /// the validation trajectories, the latter's part choosing the damping) are summed by
-/// [`LayerHessians`] as its matrices are stored, and dropped after.
+/// [`LayerHessians`] as its matrices are stored, and dropped after, with the student's copy of
+/// that layer; without, the student is dropped first: the output's matrices come from `src`.
 #[allow(clippy::too_many_arguments)]
 fn merge(
     src: &gguf::GgufFile,
-    student: &Student,
+    student: Student,
     lora: &LoraSet,
     data: &Taught,
     importance: &BTreeMap<String, Vec<f32>>,
@@ -283,22 +301,28 @@ fn merge(
     out: &Path,
 ) -> Result<(Vec<TensorReport>, u64)> {
     let rounding = opts.output_rounding && opts.emit == BakeEmit::Merged;
-    let fresh = adapters(student, opts)?;
+    let n_layer = student.config().n_layer;
+    let fresh = if rounding {
+        adapters(&student, opts)?
+    } else {
+        LoraSet::default()
+    };
     let mut walk = if rounding {
         let fit = &data.train[..data.train.len().min(GRAM_TRAJECTORIES)];
         Some(LayerHessians::new(student, &fresh, fit, &data.val)?)
     } else {
+        drop(student);
         None
     };
     let layer_of = |name: &str| -> Option<usize> {
         name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
     };
     let (mut edits, mut reports) = (gguf::Edits::new(), Vec::new());
-    for l in 0..=student.config().n_layer {
+    for l in 0..=n_layer {
         // Layer `n_layer` collects anything outside the blocks.
-        let here = |name: &str| layer_of(name).map_or(l == student.config().n_layer, |k| k == l);
+        let here = |name: &str| layer_of(name).map_or(l == n_layer, |k| k == l);
         let hessians = match walk.as_mut() {
-            Some(w) if l < student.config().n_layer => {
+            Some(w) if l < n_layer => {
                 debug_assert_eq!(w.layer(), l);
                 w.next_layer()?
             }

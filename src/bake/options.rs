@@ -137,13 +137,24 @@ pub fn activation_bytes(n_layer: usize, n_embd: usize, n_ff: usize) -> f64 {
 }
 
 /// Trajectories per forward and backward pass when not given: as many as
-/// [`ACTIVATION_BUDGET`] holds, at least one, at most the batch. Measured (docs/RESULTS.md):
+/// [`ACTIVATION_BUDGET`] holds (of one layer's activations when they are recomputed, see
+/// [`default_recompute`]), at least one, at most the batch. Measured (docs/RESULTS.md):
 /// on SmolLM2 two or four a pass train faster than eight and hold a third to a half of their
 /// memory (one is 30% slower); on a 1B-sized llama one a pass keeps a short bake within 6 GiB
 /// (4.4 GiB, 10% slower than two, which need 6.5).
 pub fn default_micro_batch(per_token_bytes: f64, mean_tokens: f64, batch: usize) -> usize {
     let per_trajectory = (per_token_bytes * mean_tokens).max(1.0);
     ((ACTIVATION_BUDGET / per_trajectory) as usize).clamp(1, batch.max(1))
+}
+
+/// Whether training recomputes each layer's activations when not told: when
+/// [`ACTIVATION_BUDGET`] holds fewer than two trajectories' activations through every layer
+/// ([`activation_bytes`] × their tokens), where the whole graph would go one trajectory a pass.
+/// Measured (docs/RESULTS.md): there, recomputation with the budget's micro-batch (one layer's
+/// activations of up to the whole batch) trains 10–13% faster than one whole graph a pass and
+/// holds 0.21 GiB a layer instead of 0.58 at 8B width; on SmolLM2 (three a pass) it is not used.
+pub fn default_recompute(per_token_bytes: f64, mean_tokens: f64) -> bool {
+    2.0 * per_token_bytes * mean_tokens > ACTIVATION_BUDGET
 }
 
 /// The default start of quantization-aware training: the last third of the steps.
@@ -170,6 +181,7 @@ impl Default for TrainOptions {
             steps: d.steps,
             batch: d.batch,
             micro_batch: None,
+            recompute: None,
             lr: 2e-3,
             eval_every: d.eval_every,
             seed: 42,
@@ -282,6 +294,13 @@ mod tests {
         assert_eq!(default_micro_batch(llama_8b, tokens, 8), 1);
         assert_eq!(default_micro_batch(1.0, 1.0, 8), 8, "never above the batch");
         assert!(bad_micro_batch_is_refused());
+        assert!(
+            !default_recompute(smollm2, tokens),
+            "three a pass fit on SmolLM2"
+        );
+        assert!(default_recompute(llama_1b, tokens) && default_recompute(llama_8b, tokens));
+        // recomputed, a pass holds one layer's activations: the whole batch at 8B
+        assert_eq!(default_micro_batch(llama_8b / 32.0, tokens, 8), 8);
     }
 
     fn bad_micro_batch_is_refused() -> bool {

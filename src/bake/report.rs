@@ -22,6 +22,8 @@ pub struct BakeReport {
     pub params: usize,
     /// trajectories per forward and backward pass (the step's gradients summed over them)
     pub micro_batch: usize,
+    /// whether each layer's activations were recomputed in the backward pass
+    pub recompute: bool,
     /// validation KL of the unmodified model (the prompt's effect)
     pub val_kl_base: f64,
     /// the training curve

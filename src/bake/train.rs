@@ -1,9 +1,9 @@
 //! The training objective and loop: Prompt Baking's `KL(teacher ‖ student)` over the reply
 //! tokens, minimised with Adam over the adapters only.
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use super::lora::LoraSet;
@@ -68,7 +68,8 @@ pub fn kl_loss(logits: &Tensor, b: &Batch) -> candle_core::Result<Tensor> {
     (top + rest)?.mean_all()
 }
 
-/// Mean KL of the student on `examples` (no gradient kept), in chunks of `chunk`.
+/// Mean KL of the student on `examples` (no gradient kept: one layer's activations held at a
+/// time), in chunks of `chunk`.
 pub fn mean_kl(
     student: &Student,
     lora: &LoraSet,
@@ -79,7 +80,11 @@ pub fn mean_kl(
     for c in examples.chunks(chunk.max(1)) {
         let refs: Vec<&Example> = c.iter().collect();
         let b = batch(&refs)?;
-        let logits = student.logits(&b.tokens, &b.out_idx, lora)?.detach();
+        let mut x = student.embed(&b.tokens)?;
+        for l in 0..student.config().n_layer {
+            x = student.advance(l, &x, lora)?;
+        }
+        let logits = student.head(&x, &b.out_idx)?.detach();
         let l = kl_loss(&logits, &b)?.to_scalar::<f32>()? as f64;
         total += l * b.n as f64;
         n += b.n;
@@ -113,6 +118,11 @@ pub struct TrainOptions {
     /// passes): bounds the activations held, not what is learned
     /// (`None`: the whole batch at once)
     pub micro_batch: Option<usize>,
+    /// recompute each layer's activations from its saved input during the backward pass, so
+    /// that a pass holds one layer's instead of every layer's (a second forward pass's time)
+    /// (`None`: when one trajectory's activations exceed the budget, see
+    /// [`super::options::default_recompute`])
+    pub recompute: Option<bool>,
     /// Adam learning rate (decays linearly to a tenth over the run)
     pub lr: f64,
     /// validate every this many steps
@@ -195,7 +205,8 @@ pub fn train(
             }
             picked.push(&train[order.pop().expect("non-empty")]);
         }
-        let (l, grads) = batch_gradient(student, lora, &picked, micro)?;
+        let recompute = opts.recompute.unwrap_or(false);
+        let (l, grads) = batch_gradient(student, lora, &picked, micro, recompute)?;
         opt.step(&grads)?;
         sum += l;
         cnt += 1;
@@ -221,41 +232,94 @@ pub fn train(
 /// The gradient of the mean loss over `picked` with respect to `lora`'s variables, `micro`
 /// trajectories per forward and backward pass: each pass's loss is weighted by its share of
 /// the scored positions, so the summed gradient is the whole batch's (right padding changes
-/// nothing) while only one pass's activations are held. Returns the mean loss with it.
+/// nothing) while only one pass's activations are held; with `recompute`, only one layer's of
+/// one pass ([`layerwise_gradient`]). Returns the mean loss with it.
 pub fn batch_gradient(
     student: &Student,
     lora: &LoraSet,
     picked: &[&Example],
     micro: usize,
+    recompute: bool,
 ) -> Result<(f64, GradStore)> {
     let total: usize = picked.iter().map(|e| e.n).sum();
     let vars = lora.vars();
-    let mut sum: Option<GradStore> = None;
+    if picked.is_empty() {
+        bail!("no trajectories to take a gradient over");
+    }
+    let mut sum = GradStore::default();
     let mut loss = 0f64;
     for part in picked.chunks(micro.max(1)) {
         let b = batch(part)?;
-        let logits = student.logits(&b.tokens, &b.out_idx, lora)?;
-        let l = (kl_loss(&logits, &b)? * (b.n as f64 / total.max(1) as f64))?;
-        loss += l.to_scalar::<f32>()? as f64;
-        let mut grads = l.backward()?;
-        drop((l, logits));
-        let Some(acc) = sum.as_mut() else {
-            sum = Some(grads);
+        let weight = b.n as f64 / total.max(1) as f64;
+        let (l, grads) = if recompute {
+            layerwise_gradient(student, lora, &b, weight)?
+        } else {
+            let logits = student.logits(&b.tokens, &b.out_idx, lora)?;
+            let l = (kl_loss(&logits, &b)? * weight)?;
+            (l.to_scalar::<f32>()? as f64, l.backward()?)
+        };
+        loss += l;
+        add_gradients(&mut sum, grads, &vars)?;
+    }
+    Ok((loss, sum))
+}
+
+/// `weight ×` the loss of batch `b` and its gradient, one layer's graph at a time: a forward
+/// pass without gradients keeps each layer's input (one residual stream), then from the top
+/// down each layer is run again from its input and the gradient of its output carried through
+/// it to its input. The same gradient as one backward pass over the whole graph.
+pub fn layerwise_gradient(
+    student: &Student,
+    lora: &LoraSet,
+    b: &Batch,
+    weight: f64,
+) -> Result<(f64, GradStore)> {
+    let n = student.config().n_layer;
+    let mut inputs = Vec::with_capacity(n + 1);
+    inputs.push(student.embed(&b.tokens)?.detach());
+    for l in 0..n {
+        let x = student.advance(l, &inputs[l], lora)?;
+        inputs.push(x);
+    }
+    let top = Var::from_tensor(&inputs.pop().context("no layers")?)?;
+    let logits = student.head(top.as_tensor(), &b.out_idx)?;
+    let l = (kl_loss(&logits, b)? * weight)?;
+    let value = l.to_scalar::<f32>()? as f64;
+    let mut grads = l.backward()?;
+    drop((l, logits));
+    let vars = lora.vars();
+    let mut up = grads
+        .remove(top.as_tensor())
+        .context("the loss does not depend on the last layer")?;
+    let mut sum = GradStore::default();
+    add_gradients(&mut sum, grads, &vars)?;
+    for l in (0..n).rev() {
+        let x = Var::from_tensor(&inputs.pop().context("a layer input is missing")?)?;
+        let y = student.layer_forward(l, x.as_tensor(), lora)?;
+        let mut g = (y * &up)?.sum_all()?.backward()?;
+        up = g
+            .remove(x.as_tensor())
+            .with_context(|| format!("no gradient reached the input of layer {l}"))?
+            .detach();
+        add_gradients(&mut sum, g, &vars)?;
+    }
+    Ok((value, sum))
+}
+
+/// Add `grads`' gradients of `vars` into `sum`; the rest of `grads` (the gradients of a
+/// pass's intermediate tensors) is dropped.
+fn add_gradients(sum: &mut GradStore, mut grads: GradStore, vars: &[Var]) -> Result<()> {
+    for v in vars {
+        let Some(g) = grads.remove(v.as_tensor()) else {
             continue;
         };
-        for v in &vars {
-            let Some(g) = grads.remove(v.as_tensor()) else {
-                continue;
-            };
-            let g = match acc.remove(v.as_tensor()) {
-                Some(a) => (a + g)?,
-                None => g,
-            };
-            acc.insert(v.as_tensor(), g);
-        }
+        let g = match sum.remove(v.as_tensor()) {
+            Some(a) => (a + g)?,
+            None => g,
+        };
+        sum.insert(v.as_tensor(), g);
     }
-    let grads = sum.context("no trajectories to take a gradient over")?;
-    Ok((loss, grads))
+    Ok(())
 }
 
 fn shuffle(v: &mut [usize], rng: &mut crate::generate::SplitMix) {

@@ -37,6 +37,14 @@ pub struct BakeArgs {
     /// bounds activation memory, learns the same [default: from the model's size]
     #[arg(long, help_heading = "Training")]
     micro_batch: Option<usize>,
+    /// recompute each layer's activations in the backward pass: one layer's held instead of
+    /// every layer's, for a second forward pass's time [default: when one trajectory's
+    /// activations would exceed the budget]
+    #[arg(long, conflicts_with = "no_recompute", help_heading = "Training")]
+    recompute: bool,
+    /// keep every layer's activations for the backward pass
+    #[arg(long, help_heading = "Training")]
+    no_recompute: bool,
     /// replies sampled from the prompted model per calibration question
     #[arg(long, default_value_t = 1, help_heading = "Calibration and teacher")]
     trajectories: usize,
@@ -185,6 +193,11 @@ pub fn run(a: BakeArgs) -> Result<()> {
             steps,
             batch: a.batch.unwrap_or(d.batch),
             micro_batch: a.micro_batch,
+            recompute: match (a.recompute, a.no_recompute) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
             lr: a.lr,
             eval_every: a.eval_every.unwrap_or(d.eval_every),
             seed: a.seed,
@@ -244,9 +257,16 @@ fn summary(r: &BakeReport, adapter: bool) {
         println!("warm start: the patched model recovers {e:.3} on validation before training");
     }
     println!(
-        "{} trainable parameters, {} trajectories a pass; validation KL of the unmodified \
+        "{} trainable parameters, {} trajectories a pass{}; validation KL of the unmodified \
          model {:.4}",
-        r.params, r.micro_batch, r.val_kl_base
+        r.params,
+        r.micro_batch,
+        if r.recompute {
+            " (layers recomputed)"
+        } else {
+            ""
+        },
+        r.val_kl_base
     );
     println!("  step   elapsed   train KL   val KL   val recovery");
     for p in &r.curve {

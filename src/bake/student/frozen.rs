@@ -77,6 +77,24 @@ impl Frozen {
         self.w.band(0, self.w.rows)
     }
 
+    /// Rows `first..first + n` in f32 (`n × in`).
+    pub fn band(&self, first: usize, n: usize) -> Result<Tensor> {
+        if first.checked_add(n).is_none_or(|end| end > self.w.rows) {
+            candle_core::bail!(
+                "rows {first}..{} of a matrix of {} rows",
+                first + n,
+                self.w.rows
+            );
+        }
+        self.w.band(first, n)
+    }
+
+    /// The bands `(first row, rows)` the matrix is dequantized in, each of at most 2²³
+    /// values (32 MiB in f32), covering every row in order.
+    pub fn bands(&self) -> Vec<(usize, usize)> {
+        self.w.bands().collect()
+    }
+
     /// Rows `ids` in f32 (`ids.len() × in`): the embeddings of those tokens.
     pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
         let s = &self.w;

@@ -174,7 +174,8 @@ fn sums_input(name: &str) -> bool {
 pub struct Student {
     cfg: Config,
     embd: Frozen,
-    layers: Vec<Layer>,
+    /// the blocks; `None` once released ([`Student::release_layer`])
+    layers: Vec<Option<Layer>>,
     out_norm: Tensor,
     head: Frozen,
     /// Llama 3's per-pair RoPE frequency divisors (`rope_freqs.weight`), where used
@@ -264,7 +265,7 @@ impl Student {
             let opt = |used: bool, k: &str, n: usize| -> Result<Option<Tensor>> {
                 used.then(|| load(f, &t(k), &[n])).transpose()
             };
-            layers.push(Layer {
+            layers.push(Some(Layer {
                 attn_norm: load(f, &t("attn_norm"), &[d])?,
                 q: matrix(f, &t("attn_q"), nq, d)?,
                 k: matrix(f, &t("attn_k"), nkv, d)?,
@@ -279,7 +280,7 @@ impl Student {
                 down: matrix(f, &t("ffn_down"), d, n_ff)?,
                 post_ffn_norm: opt(cfg.family.post_ffn_norm, "post_ffw_norm", d)?,
                 bias,
-            });
+            }));
         }
         let out_norm = load(f, "output_norm.weight", &[d])?;
         f.release_pages();
@@ -320,13 +321,34 @@ impl Student {
         self.quantized.write().expect("not poisoned").clear();
     }
 
-    /// The original weight matrix `blk.{layer}.{kind}.weight`, dequantized (`out × in`).
-    pub fn original(&self, layer: usize, kind: &str) -> Result<Tensor> {
-        Ok(self.matrix(layer, kind)?.dequantized()?)
+    /// The original weight matrix `blk.{layer}.{kind}.weight`, as stored.
+    pub fn original(&self, layer: usize, kind: &str) -> Result<&Frozen> {
+        self.matrix(layer, kind)
+    }
+
+    /// Drop layer `l`'s weights: a pass that has gone beyond it (the merged write's, layer by
+    /// layer) frees them; any later use of the layer is an error.
+    pub fn release_layer(&mut self, l: usize) {
+        if let Some(slot) = self.layers.get_mut(l) {
+            *slot = None;
+        }
+        let prefix = format!("blk.{l}.");
+        self.quantized
+            .get_mut()
+            .expect("not poisoned")
+            .retain(|name, _| !name.starts_with(&prefix));
+    }
+
+    fn layer(&self, l: usize) -> Result<&Layer> {
+        match self.layers.get(l) {
+            Some(Some(layer)) => Ok(layer),
+            Some(None) => bail!("layer {l} of the student was released"),
+            None => bail!("no layer {l}"),
+        }
     }
 
     fn matrix(&self, layer: usize, kind: &str) -> Result<&Frozen> {
-        let l = self.layers.get(layer).context("no such layer")?;
+        let l = self.layer(layer)?;
         Ok(match kind {
             "attn_q" => &l.q,
             "attn_k" => &l.k,
@@ -343,18 +365,17 @@ impl Student {
     /// token matrix `tokens` (`batch × seq`, u32), with the adapters of `lora` applied.
     /// Each row attends to its own earlier tokens only, so right padding changes nothing.
     pub fn logits(&self, tokens: &Tensor, out_idx: &Tensor, lora: &LoraSet) -> Result<Tensor> {
-        let (b, t) = tokens.dims2()?;
-        let d = self.cfg.n_embd;
         let mut x = self.embed(tokens)?;
-        let (global, sliding) = self.rope_tables(t);
-        for (l, layer) in self.layers.iter().enumerate() {
-            let rope = if self.cfg.sliding(l) {
-                &sliding
-            } else {
-                &global
-            };
-            x = self.block(l, layer, &x, rope, lora)?;
+        for l in 0..self.layers.len() {
+            x = self.layer_forward(l, &x, lora)?;
         }
+        self.head(&x, out_idx)
+    }
+
+    /// The logits at the flattened positions `out_idx` of the residual stream `x` leaving the
+    /// last layer (`batch × seq × n_embd`): the output norm and head.
+    pub fn head(&self, x: &Tensor, out_idx: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
         let h = x.reshape((b * t, d))?.index_select(out_idx, 0)?;
         let h = fused::rms_norm(&h, &self.out_norm, self.cfg.eps)?;
         Ok(self.head.forward(&h)?)
@@ -378,14 +399,20 @@ impl Student {
     /// observed as in [`Student::logits`]. One layer at a time, a pass over many trajectories
     /// holds one residual stream per trajectory instead of every layer's activations.
     pub fn advance(&self, l: usize, x: &Tensor, lora: &LoraSet) -> Result<Tensor> {
-        let layer = self.layers.get(l).context("no such layer")?;
+        Ok(self.layer_forward(l, x, lora)?.detach())
+    }
+
+    /// Layer `l` on the residual stream `x`, its autograd graph kept: a gradient through one
+    /// layer, as recomputation takes it.
+    pub fn layer_forward(&self, l: usize, x: &Tensor, lora: &LoraSet) -> Result<Tensor> {
+        let layer = self.layer(l)?;
         let (global, sliding) = self.rope_tables(x.dim(1)?);
         let rope = if self.cfg.sliding(l) {
             &sliding
         } else {
             &global
         };
-        Ok(self.block(l, layer, x, rope, lora)?.detach())
+        self.block(l, layer, x, rope, lora)
     }
 
     /// The rotary tables of `t` positions: global layers', sliding-window layers'.
@@ -406,7 +433,7 @@ impl Student {
         lora: &LoraSet,
     ) -> Result<Tensor> {
         let mut y = self.project(w, l, kind, x, lora)?;
-        if let Some(b) = self.layers[l].bias.get(kind) {
+        if let Some(b) = self.layer(l)?.bias.get(kind) {
             y = y.broadcast_add(b)?;
         }
         if let Some(db) = lora.bias(&format!("blk.{l}.{kind}.bias")) {
