@@ -120,7 +120,7 @@ pub struct TrainOptions {
     pub micro_batch: Option<usize>,
     /// recompute each layer's activations from its saved input during the backward pass, so
     /// that a pass holds one layer's instead of every layer's (a second forward pass's time)
-    /// (`None`: when one trajectory's activations exceed the budget, see
+    /// (`None`: no; `bake` resolves it from the model's size with
     /// [`super::options::default_recompute`])
     pub recompute: Option<bool>,
     /// Adam learning rate (decays linearly to a tenth over the run)
@@ -154,6 +154,7 @@ pub fn train(
 ) -> Result<Vec<CurvePoint>> {
     let qat = |step: usize| opts.qat_from.is_some_and(|f| step >= f);
     let micro = opts.micro_batch.unwrap_or(opts.batch);
+    let recompute = opts.recompute.unwrap_or(false);
     let start = std::time::Instant::now();
     let mut opt = AdamW::new(
         lora.vars(),
@@ -205,7 +206,6 @@ pub fn train(
             }
             picked.push(&train[order.pop().expect("non-empty")]);
         }
-        let recompute = opts.recompute.unwrap_or(false);
         let (l, grads) = batch_gradient(student, lora, &picked, micro, recompute)?;
         opt.step(&grads)?;
         sum += l;

@@ -38,8 +38,8 @@ pub struct BakeArgs {
     #[arg(long, help_heading = "Training")]
     micro_batch: Option<usize>,
     /// recompute each layer's activations in the backward pass: one layer's held instead of
-    /// every layer's, for a second forward pass's time [default: when one trajectory's
-    /// activations would exceed the budget]
+    /// every layer's, for a second forward pass's time [default: where the activation budget
+    /// holds fewer than two trajectories through every layer: about 0.5B and up]
     #[arg(long, conflicts_with = "no_recompute", help_heading = "Training")]
     recompute: bool,
     /// keep every layer's activations for the backward pass

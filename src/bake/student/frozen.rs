@@ -82,7 +82,7 @@ impl Frozen {
         if first.checked_add(n).is_none_or(|end| end > self.w.rows) {
             candle_core::bail!(
                 "rows {first}..{} of a matrix of {} rows",
-                first + n,
+                first.saturating_add(n),
                 self.w.rows
             );
         }
