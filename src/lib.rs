@@ -5,7 +5,8 @@
 //! - container: the [`gguf`] crate (reading, validation, the atomic writer);
 //! - [`engine`]: llama.cpp and ggml behind a safe API (the only `unsafe` code: the crate denies
 //!   it everywhere else); [`arch`]: what each architecture family needs, in one table;
-//! - [`text`]: chat templates, conversations, built-in questions; [`generate`] and
+//! - [`text`]: chat templates, conversations, built-in questions; [`generate`] (and
+//!   [`converse`], a chat over several turns) and
 //!   [`material`]: the prompted model's replies, aligned with and without the prompt;
 //! - [`capture`]: per-layer activations through llama.cpp's graph callback;
 //! - methods: [`patch`] (closed-form fits, training-free) and [`bake`] (Prompt Baking: LoRA
@@ -22,6 +23,7 @@
 pub mod arch;
 pub mod bake;
 pub mod capture;
+pub mod converse;
 pub mod diff;
 #[allow(unsafe_code)]
 pub mod engine;

@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 
 use crate::engine::Model;
 use crate::generate::{generate, GenOptions};
+use crate::text::content::content_positions;
 use crate::text::convo::{align, prompt_tokens, Alignment};
 use crate::text::{ChatFormat, Rendering};
 
@@ -23,6 +24,24 @@ pub struct Pair {
     pub align: Alignment,
     /// reply length in tokens
     pub reply_len: usize,
+    /// the reply's content tokens (indices into the reply): they spell a word of the system
+    /// prompt the question does not contain ([`crate::text::content`])
+    pub content: Vec<usize>,
+}
+
+impl Pair {
+    /// One weight per aligned row: `content_weight` for a row that predicts a content token of
+    /// the reply (the row before it), 1 for every other row.
+    pub fn row_weights(&self, content_weight: f32) -> Vec<f32> {
+        let mut w = vec![1.0; self.align.len];
+        let first = self.align.len - self.reply_len;
+        for &j in &self.content {
+            if let Some(r) = (first + j).checked_sub(1) {
+                w[r] = content_weight;
+            }
+        }
+        w
+    }
 }
 
 /// Generate the prompted model's replies to `questions` (or take `given` ones, one per
@@ -62,6 +81,15 @@ pub fn build(
         let mut unprompted = prompt_tokens(model, &fmt, rendering.system(), q)?;
         unprompted.extend_from_slice(&r);
         let a = align(model, &prompted, &unprompted, q, r.len())?;
+        let pieces: Vec<String> = r
+            .iter()
+            .map(|&t| String::from_utf8_lossy(&model.token_bytes(t, false)).into_owned())
+            .collect();
+        let content = content_positions(&pieces, system, q)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, c)| c.then_some(j))
+            .collect();
         out.push(Pair {
             question: q.clone(),
             prompted,
@@ -69,6 +97,7 @@ pub fn build(
             rendering,
             align: a,
             reply_len: r.len(),
+            content,
         });
     }
     Ok(out)
@@ -165,5 +194,31 @@ fn store_cached(key: &str, replies: &[Vec<i32>]) {
         if std::fs::write(&tmp, text).is_ok() {
             let _ = std::fs::rename(&tmp, dir.join(format!("{key}.json")));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_row_before_each_content_token_carries_the_weight() {
+        // 6 aligned rows: 2 of the user turn, then a 4-token reply whose tokens 0 and 2 are
+        // content: rows 1 (before reply token 0) and 3 (before reply token 2) predict them.
+        let p = Pair {
+            question: "q".into(),
+            prompted: vec![0; 9],
+            unprompted: vec![0; 7],
+            rendering: Rendering::Template,
+            align: Alignment {
+                prompted_start: 3,
+                unprompted_start: 1,
+                len: 6,
+            },
+            reply_len: 4,
+            content: vec![0, 2],
+        };
+        assert_eq!(p.row_weights(5.0), [1.0, 5.0, 1.0, 5.0, 1.0, 1.0]);
+        assert!(p.row_weights(1.0).iter().all(|&w| w == 1.0));
     }
 }

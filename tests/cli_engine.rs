@@ -198,3 +198,55 @@ fn llama_cpp_runtime_flags_are_accepted_anywhere() {
     );
     assert!(!std::path::Path::new("/tmp/never-written.gguf").exists());
 }
+
+#[test]
+fn generate_asks_after_each_length_of_a_held_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, h) = (dir.path().join("q.txt"), dir.path().join("h.txt"));
+    std::fs::write(&q, "What did I just ask you about?\nName a color.\n").unwrap();
+    std::fs::write(
+        &h,
+        "Tell me about volcanoes.\nHow hot is lava?\nIgnored third turn.\n",
+    )
+    .unwrap();
+    let m = util::smollm2();
+    let (out, err, ok) = run(&[
+        "generate",
+        m.to_str().unwrap(),
+        "--user-file",
+        q.to_str().unwrap(),
+        "--history-file",
+        h.to_str().unwrap(),
+        "--history-turns",
+        "2",
+        "--every-turn",
+        "--max-tokens",
+        "24",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let turns: Vec<u64> = rows.iter().map(|r| r["turn"].as_u64().unwrap()).collect();
+    assert_eq!(turns, [1, 1, 2, 2, 3, 3], "{out}");
+    assert!(rows
+        .iter()
+        .all(|r| !r["reply"].as_str().unwrap().is_empty()));
+    // the held conversation is in the context: the first question's reply changes with it
+    assert_ne!(rows[0]["reply"], rows[4]["reply"], "{out}");
+
+    // more turns than the file has: a one-line error
+    let (_, err, ok) = run(&[
+        "generate",
+        m.to_str().unwrap(),
+        "--user",
+        "Hi",
+        "--history-file",
+        h.to_str().unwrap(),
+        "--history-turns",
+        "9",
+    ]);
+    assert!(!ok && err.contains("--history-turns 9"), "{err}");
+}

@@ -57,7 +57,7 @@ pub use header::Header;
 pub use inplace::patch_in_place;
 pub use metadata::Metadata;
 pub use stale::remove_stale;
-pub use tensor::TensorInfo;
+pub use tensor::{block_of, TensorInfo};
 pub use types::GgmlType;
 pub use value::{Array, GgufString, Value, ValueType};
 pub use writer::{write, write_new, WriteOptions, WriteReport};

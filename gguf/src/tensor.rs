@@ -50,6 +50,14 @@ impl TensorInfo {
     }
 }
 
+/// The layer and the rest of a per-layer tensor's name, as llama.cpp names them:
+/// `blk.{layer}.{rest}` → `(layer, rest)` (`blk.3.ffn_down.weight` → `(3, "ffn_down.weight")`);
+/// `None` for a tensor outside the blocks.
+pub fn block_of(name: &str) -> Option<(usize, &str)> {
+    let (layer, rest) = name.strip_prefix("blk.")?.split_once('.')?;
+    Some((layer.parse().ok()?, rest))
+}
+
 /// Checks a tensor name's length (ggml keeps names in `char[64]`, NUL included).
 pub(crate) fn check_name(name: &str) -> Result<()> {
     if name.len() > crate::MAX_TENSOR_NAME {
@@ -132,5 +140,17 @@ mod tests {
             TensorInfo::new("x".repeat(64), vec![1], GgmlType::F32),
             Err(Error::TensorNameTooLong { len: 64, .. })
         ));
+    }
+
+    #[test]
+    fn block_names_split_into_layer_and_rest() {
+        assert_eq!(
+            block_of("blk.3.ffn_down.weight"),
+            Some((3, "ffn_down.weight"))
+        );
+        assert_eq!(block_of("blk.12.attn_q.bias"), Some((12, "attn_q.bias")));
+        assert_eq!(block_of("token_embd.weight"), None);
+        assert_eq!(block_of("blk.x.ffn_down.weight"), None);
+        assert_eq!(block_of("blk.3"), None);
     }
 }

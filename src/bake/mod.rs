@@ -314,9 +314,7 @@ fn merge(
         drop(student);
         None
     };
-    let layer_of = |name: &str| -> Option<usize> {
-        name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
-    };
+    let layer_of = |name: &str| gguf::block_of(name).map(|(l, _)| l);
     let (mut edits, mut reports) = (gguf::Edits::new(), Vec::new());
     for l in 0..=n_layer {
         // Layer `n_layer` collects anything outside the blocks.

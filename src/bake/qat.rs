@@ -70,10 +70,8 @@ pub fn requantized(
 
 /// `blk.{layer}.{kind}.weight` → (layer, kind).
 fn parse(name: &str) -> Result<(usize, &str)> {
-    let rest = name.strip_prefix("blk.").context("not a block tensor")?;
-    let (l, kind) = rest.split_once('.').context("not a block tensor")?;
-    let kind = kind.strip_suffix(".weight").context("not a weight")?;
-    Ok((l.parse().context("bad layer")?, kind))
+    let (l, rest) = gguf::block_of(name).context("not a block tensor")?;
+    Ok((l, rest.strip_suffix(".weight").context("not a weight")?))
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use super::args::{lines_or, text_or_file};
 use super::progress::bar;
+use gguf_sleep::converse::{converse, replies, reply_text};
 use gguf_sleep::engine::Model;
-use gguf_sleep::generate::{self, GenOptions};
+use gguf_sleep::generate::GenOptions;
 use gguf_sleep::text::{convo, ChatFormat};
 
 /// `generate` arguments.
@@ -52,7 +53,23 @@ pub struct GenerateArgs {
         help_heading = "Adapter"
     )]
     lora_scale: f32,
-    /// one JSON object per line: {"user": …, "reply": …}
+    /// earlier user turns, one per line: the model answers them first, in order, each reply
+    /// kept in the context, and every user message is asked after that conversation
+    #[arg(long, value_name = "FILE", help_heading = "Conversation")]
+    history_file: Option<PathBuf>,
+    /// use only the first N turns of --history-file [default: all]
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "history_file",
+        help_heading = "Conversation"
+    )]
+    history_turns: Option<usize>,
+    /// ask every user message after each length of the conversation, 0 to all of its turns
+    /// (turn 1 to N+1), not only after the whole of it
+    #[arg(long, requires = "history_file", help_heading = "Conversation")]
+    every_turn: bool,
+    /// one JSON object per line: {"user": …, "reply": …, "turn": …}
     #[arg(long, help_heading = "Output")]
     json: bool,
 }
@@ -67,33 +84,61 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         bail!("give the user message with --user TEXT or --user-file FILE");
     }
     let system = text_or_file(&a.system, &a.system_file, "system")?;
+    let mut earlier = match &a.history_file {
+        Some(_) => lines_or(&a.history_file, "history", Vec::new)?,
+        None => Vec::new(),
+    };
+    if let Some(n) = a.history_turns {
+        if n > earlier.len() {
+            bail!(
+                "--history-turns {n} asks for more turns than the {} of --history-file",
+                earlier.len()
+            );
+        }
+        earlier.truncate(n);
+    }
     let model = Model::load(&a.model)?;
     let fmt = ChatFormat::for_model(&model)?;
-    let prompts = users
-        .iter()
-        .map(|u| convo::prompt_tokens(&model, &fmt, system.as_deref(), u))
-        .collect::<Result<Vec<_>>>()?;
     let opts = GenOptions {
         max_tokens: a.max_tokens,
         temperature: a.temperature,
         seed: a.seed,
         ..Default::default()
     };
-    let pb = bar(users.len(), "generate");
-    let replies = match &a.lora {
-        Some(l) => {
-            generate::generate_adapted(&model, &fmt, &prompts, &opts, l, a.lora_scale, || {
-                pb.inc(1)
-            })?
-        }
-        None => generate::generate(&model, &fmt, &prompts, &opts, || pb.inc(1))?,
-    };
+    let adapter = a.lora.as_deref().map(|l| (l, a.lora_scale));
+    let pb = bar(earlier.len(), "conversation");
+    let history = converse(
+        &model,
+        &fmt,
+        system.as_deref(),
+        &earlier,
+        &opts,
+        adapter,
+        || pb.inc(1),
+    )?;
     pb.finish_and_clear();
-    for (u, r) in users.iter().zip(replies) {
-        let text = model.detokenize(&r);
-        let text = fmt.trim_reply(&text).trim().to_string();
+    // (turn, user message) asked: after the whole conversation, or after each length of it
+    let asked: Vec<(usize, &String)> = if a.every_turn {
+        (0..=history.len())
+            .flat_map(|k| users.iter().map(move |u| (k, u)))
+            .collect()
+    } else {
+        users.iter().map(|u| (history.len(), u)).collect()
+    };
+    let prompts = asked
+        .iter()
+        .map(|&(k, u)| convo::chat_tokens(&model, &fmt, system.as_deref(), &history[..k], u))
+        .collect::<Result<Vec<_>>>()?;
+    let pb = bar(prompts.len(), "generate");
+    let replies = replies(&model, &fmt, &prompts, &opts, adapter, || pb.inc(1))?;
+    pb.finish_and_clear();
+    for ((k, u), r) in asked.into_iter().zip(replies) {
+        let text = reply_text(&model, &fmt, &r);
         if a.json {
-            println!("{}", serde_json::json!({ "user": u, "reply": text }));
+            println!(
+                "{}",
+                serde_json::json!({ "user": u, "reply": text, "turn": k + 1 })
+            );
         } else {
             println!("> {u}\n{text}\n");
         }

@@ -81,6 +81,10 @@ pub struct PatchArgs {
     /// reply tokens generated per calibration question
     #[arg(long, default_value_t = 64, help_heading = "Calibration")]
     max_tokens: usize,
+    /// how many times a row that predicts a word of the prompt in a reply (one the question
+    /// does not contain: a name, a place, a number) counts in the fit [default: 1]
+    #[arg(long, value_name = "W", help_heading = "Calibration")]
+    content_weight: Option<f32>,
     /// write over the input model
     #[arg(long, help_heading = "Input and output")]
     in_place: bool,
@@ -196,6 +200,7 @@ pub fn run(a: PatchArgs) -> Result<()> {
         },
         bias: !a.no_bias,
         renderings: a.renderings.clone().unwrap_or(defaults.renderings),
+        content_weight: a.content_weight.unwrap_or(defaults.content_weight),
     };
     opts.validate()?;
     let output = output_path(&a)?;
@@ -264,8 +269,8 @@ fn summary(r: &PatchReport) {
         }
     }
     println!(
-        "calibration: {} questions, {} aligned tokens per layer",
-        r.questions, r.tokens
+        "calibration: {} questions, {} aligned tokens per layer, {} of them before a prompt word (weight {})",
+        r.questions, r.tokens, r.content_rows, r.content_weight
     );
     let lambdas: Vec<f64> = r.layers.iter().filter_map(|l| l.lambda).collect();
     if !lambdas.is_empty() {

@@ -4,18 +4,17 @@
 //! For each held-out question: the prompted base model's greedy reply; then, teacher-forced on
 //! that reply, per-token KL(prompted base ‖ unprompted base) and KL(prompted base ‖ unprompted
 //! candidate), and top-1 agreement. `recovery = 1 − kl_candidate / kl_base`. The same figures
-//! on the content positions alone ([`content`]: the reply tokens that spell a word of the prompt
+//! on the content positions alone ([`crate::text::content`]: the reply tokens that spell a word of the prompt
 //! the question does not contain) say whether what the prompt says is carried, not only how it
 //! makes the model speak. Locality is KL(base ‖ candidate) on neutral text, with no chat
 //! template.
-
-pub mod content;
 
 use anyhow::{bail, Result};
 
 use crate::engine::{Batch, Context, ContextOptions, Model};
 use crate::generate::{argmax, generate, GenOptions};
 use crate::text::chat::ChatFormat;
+use crate::text::content;
 use crate::text::convo::{align, prompt_tokens};
 
 /// Built-in neutral paragraphs for locality, separated by blank lines.

@@ -15,10 +15,9 @@ pub fn write(base: &GgufFile, patched: &GgufFile, out: &Path) -> Result<ExportRe
     let arch = base.header().architecture().unwrap_or_default().to_string();
     let mut dirs = Vec::new();
     for (name, dims, d) in changes(base, patched)? {
-        let layer = name
-            .strip_prefix("blk.")
-            .and_then(|r| r.strip_suffix(".ffn_down.bias"))
-            .and_then(|l| l.parse::<usize>().ok());
+        let layer = gguf::block_of(&name)
+            .filter(|&(_, rest)| rest == "ffn_down.bias")
+            .map(|(l, _)| l);
         let Some(layer) = layer else {
             bail!(
                 "the patch changes {name}, which a control vector cannot carry: use `method` cvec"

@@ -101,7 +101,8 @@ pub fn problem(method: Method, arch: &Arch) -> Ridge {
     }
 }
 
-/// Add one conversation's aligned rows of layer `l` to its problem.
+/// Add one conversation's aligned rows of layer `l` to its problem, row `r` counted
+/// `weights[r]` times (every row once where `weights` is empty).
 #[allow(clippy::too_many_arguments)]
 pub fn add_rows(
     method: Method,
@@ -110,9 +111,11 @@ pub fn add_rows(
     p: &Rows,
     u: &Rows,
     parallel: bool,
+    weights: &[f32],
     ridge: &mut Ridge,
     validation: bool,
 ) -> Result<()> {
+    let w = |r: usize| weights.get(r).copied().unwrap_or(1.0);
     let prev_diff = |r: usize, t: &mut [f32]| -> Result<()> {
         if parallel && l > 0 {
             let (pp, uu) = (
@@ -131,7 +134,7 @@ pub fn add_rows(
             for r in 0..pr.rows {
                 let mut t: Vec<f32> = diff(pr.row(r), ur.row(r));
                 prev_diff(r, &mut t)?;
-                ridge.add(&[], &t, validation);
+                ridge.add_weighted(&[], &t, w(r), validation);
             }
         }
         Method::Cvec => {
@@ -139,13 +142,13 @@ pub fn add_rows(
             for r in 0..po.rows {
                 let mut t: Vec<f32> = diff(po.row(r), uo.row(r));
                 prev_diff(r, &mut t)?;
-                ridge.add(&[], &t, validation);
+                ridge.add_weighted(&[], &t, w(r), validation);
             }
         }
         Method::Matrix => {
             let (pr, ur) = (get(p, Kind::MlpIn, l)?, get(u, Kind::MlpIn, l)?);
             for r in 0..pr.rows {
-                ridge.add(ur.row(r), &diff(pr.row(r), ur.row(r)), validation);
+                ridge.add_weighted(ur.row(r), &diff(pr.row(r), ur.row(r)), w(r), validation);
             }
         }
         Method::Down => {
@@ -174,7 +177,7 @@ pub fn add_rows(
                         *v = if wi.abs() > floor { *v * rms / wi } else { 0.0 };
                     }
                 }
-                ridge.add(h.row(r), &t, validation);
+                ridge.add_weighted(h.row(r), &t, w(r), validation);
             }
         }
         Method::Sleep => unreachable!("sleep is not a least-squares method"),

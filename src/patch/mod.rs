@@ -134,6 +134,7 @@ pub fn patch_with(
     }
     phases.push(("replies".to_string(), t.elapsed().as_secs_f64()));
     let tokens: usize = pairs.iter().map(|p| p.align.len).sum();
+    let content_rows: usize = pairs.iter().map(|p| p.content.len()).sum();
     let n_ctx = pairs
         .iter()
         .map(|p| p.prompted.len().max(p.unprompted.len()))
@@ -209,6 +210,8 @@ pub fn patch_with(
         strength: opts.strength,
         questions: n_q,
         tokens,
+        content_rows,
+        content_weight: opts.content_weight,
         layers: layer_reports,
         tensors,
         phases,
@@ -296,6 +299,9 @@ fn record(system: &str, opts: &PatchOptions, layers: (usize, usize)) -> Provenan
             Lambda::Fixed(l) => format!("{l}"),
         },
     );
+    if opts.content_weight != 1.0 {
+        keys.set("sleep.content_weight", opts.content_weight);
+    }
     if opts.method == Method::Sleep {
         keys.set("sleep.beta", opts.beta as f32);
         keys.set(

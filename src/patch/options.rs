@@ -46,6 +46,10 @@ pub struct PatchOptions {
     pub bias: bool,
     /// the renderings of the unprompted side the calibration conversations cycle through
     pub renderings: Vec<Rendering>,
+    /// how many times a row that predicts a content token of a reply (a word of the system
+    /// prompt the question does not contain, [`crate::text::content`]) counts in the fit;
+    /// 1 = as any other row
+    pub content_weight: f32,
 }
 
 impl Default for PatchOptions {
@@ -67,6 +71,7 @@ impl Default for PatchOptions {
             emit: Emit::Merged,
             bias: true,
             renderings: vec![Rendering::Template],
+            content_weight: 1.0,
         }
     }
 }
@@ -78,6 +83,10 @@ impl PatchOptions {
             "no calibration `questions`".into()
         })?;
         ensure(!self.renderings.is_empty(), || "no `renderings`".into())?;
+        ensure(
+            self.content_weight.is_finite() && self.content_weight > 0.0,
+            || "`content_weight` must be a positive number".into(),
+        )?;
         ensure(self.strength.is_finite(), || {
             "`strength` must be a finite number".into()
         })?;

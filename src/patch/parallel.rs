@@ -71,8 +71,19 @@ pub fn fit(
             p.align.unprompted_start,
             p.align.len,
         );
+        let w = p.row_weights(opts.content_weight);
         for (prob, &l) in problems.iter_mut().zip(layers) {
-            method::add_rows(opts.method, arch, l, &pr, &ur, true, prob, is_validation(i))?;
+            method::add_rows(
+                opts.method,
+                arch,
+                l,
+                &pr,
+                &ur,
+                true,
+                &w,
+                prob,
+                is_validation(i),
+            )?;
         }
         progress("capture", i + 1, pairs.len());
     }

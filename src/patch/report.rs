@@ -30,6 +30,11 @@ pub struct PatchReport {
     pub questions: usize,
     /// aligned calibration tokens fitted (per layer)
     pub tokens: usize,
+    /// of them, rows that predict a content token of a reply (a word of the prompt the
+    /// question does not contain)
+    pub content_rows: usize,
+    /// how many times each content row counted in the fit
+    pub content_weight: f32,
     /// per-layer fits
     pub layers: Vec<LayerReport>,
     /// per edited tensor

@@ -150,6 +150,7 @@ impl ByLayer<'_> {
             &targets[i],
             &u,
             false,
+            &p.row_weights(self.run.opts.content_weight),
             prob,
             is_validation(i),
         )

@@ -55,11 +55,26 @@ impl ChatFormat {
     /// Text up to where the assistant's reply starts, for an optional system prompt and one
     /// user turn.
     pub fn render(&self, system: Option<&str>, user: &str) -> Result<String> {
+        self.render_chat(system, &[], user)
+    }
+
+    /// Text up to where the assistant's reply starts, for an optional system prompt, the
+    /// earlier exchanges of the conversation (user turn, assistant reply) and the user's turn.
+    pub fn render_chat(
+        &self,
+        system: Option<&str>,
+        history: &[(String, String)],
+        user: &str,
+    ) -> Result<String> {
         match &self.env {
             Some(env) => {
                 let mut messages = Vec::new();
                 if let Some(s) = system {
                     messages.push(context! { role => "system", content => s });
+                }
+                for (u, r) in history {
+                    messages.push(context! { role => "user", content => u });
+                    messages.push(context! { role => "assistant", content => r });
                 }
                 messages.push(context! { role => "user", content => user });
                 let tmpl = env.get_template("chat").expect("template was added");
@@ -71,10 +86,14 @@ impl ChatFormat {
                 })
                 .context("the model's chat template failed to render")
             }
-            None => Ok(match system {
-                Some(s) => format!("{s}\n\nUser: {user}\nAssistant:"),
-                None => format!("User: {user}\nAssistant:"),
-            }),
+            None => {
+                let mut text = system.map(|s| format!("{s}\n\n")).unwrap_or_default();
+                for (u, r) in history {
+                    text.push_str(&format!("User: {u}\nAssistant: {r}\n"));
+                }
+                text.push_str(&format!("User: {user}\nAssistant:"));
+                Ok(text)
+            }
         }
     }
 
@@ -108,4 +127,45 @@ fn environment(template: String) -> Result<Environment<'static>> {
     env.add_template_owned("chat", template)
         .context("the model's chat template does not parse")?;
     Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+    fn format(template: Option<&str>) -> ChatFormat {
+        ChatFormat {
+            env: template.map(|t| environment(t.to_string()).unwrap()),
+            bos: String::new(),
+            eos: String::new(),
+        }
+    }
+
+    #[test]
+    fn earlier_exchanges_come_between_the_system_prompt_and_the_users_turn() {
+        let history = [("Hi".to_string(), "Hello!".to_string())];
+        let t = format(Some(CHATML))
+            .render_chat(Some("Be brief."), &history, "Bye")
+            .unwrap();
+        assert_eq!(
+            t,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+             <|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n\
+             <|im_start|>assistant\n"
+        );
+        let plain = format(None).render_chat(None, &history, "Bye").unwrap();
+        assert_eq!(plain, "User: Hi\nAssistant: Hello!\nUser: Bye\nAssistant:");
+    }
+
+    #[test]
+    fn no_history_renders_as_one_turn() {
+        for f in [format(Some(CHATML)), format(None)] {
+            assert_eq!(
+                f.render_chat(Some("S"), &[], "U").unwrap(),
+                f.render(Some("S"), "U").unwrap()
+            );
+        }
+    }
 }

@@ -32,7 +32,19 @@ pub fn prompt_tokens(
     system: Option<&str>,
     user: &str,
 ) -> Result<Vec<i32>> {
-    let text = fmt.render(system, user)?;
+    chat_tokens(model, fmt, system, &[], user)
+}
+
+/// Tokens of the conversation [system?, earlier exchanges, user] up to the start of the
+/// assistant's reply, as [`prompt_tokens`] renders one turn.
+pub fn chat_tokens(
+    model: &Model,
+    fmt: &ChatFormat,
+    system: Option<&str>,
+    history: &[(String, String)],
+    user: &str,
+) -> Result<Vec<i32>> {
+    let text = fmt.render_chat(system, history, user)?;
     let template_has_bos = !fmt.bos().is_empty() && text.starts_with(fmt.bos());
     model.tokenize(&text, !template_has_bos, true)
 }

@@ -1,9 +1,11 @@
 //! Text before tokens meet the model: the model's chat template ([`chat`]), conversations and
 //! their alignment with and without a system prompt ([`convo`]), and the built-in questions
-//! with the validation split ([`questions`]), and the renderings of an unprompted turn
+//! with the validation split ([`questions`]), the words of a prompt that carry its content
+//! ([`content`]), and the renderings of an unprompted turn
 //! ([`rendering`]).
 
 pub mod chat;
+pub mod content;
 pub mod convo;
 pub mod questions;
 pub mod rendering;

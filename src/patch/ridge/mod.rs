@@ -115,14 +115,21 @@ impl Ridge {
 
     /// Add one row; `validation` rows are held out for choosing λ.
     pub fn add(&mut self, x: &[f32], y: &[f32], validation: bool) {
+        self.add_weighted(x, y, 1.0, validation);
+    }
+
+    /// Add one row counted `w` times in the squared error (`x` and `y` scaled by `√w`).
+    pub fn add_weighted(&mut self, x: &[f32], y: &[f32], w: f32, validation: bool) {
         debug_assert_eq!(x.len(), self.d);
         debug_assert_eq!(y.len(), self.m);
+        let s = w.sqrt();
         let mut xr = Vec::with_capacity(x.len() + 1);
-        xr.extend_from_slice(x);
+        xr.extend(x.iter().map(|v| v * s));
         if self.intercept {
-            xr.push(1.0);
+            xr.push(s);
         }
-        self.pending.push((xr, y.to_vec(), validation));
+        self.pending
+            .push((xr, y.iter().map(|v| v * s).collect(), validation));
         if self.pending.len() >= BLOCK {
             self.flush();
         }
@@ -327,6 +334,42 @@ mod tests {
         for (got, want) in sol.b.iter().zip(b) {
             assert!((got - want as f64).abs() < 1e-4);
         }
+    }
+
+    #[test]
+    fn a_row_weighted_w_times_is_the_row_added_w_times() {
+        let (d, m) = (5, 2);
+        let mut s = 19u64;
+        let (mut weighted, mut repeated) = (Ridge::new(d, m, true), Ridge::new(d, m, true));
+        for i in 0..60 {
+            let x: Vec<f32> = (0..d).map(|_| lcg(&mut s)).collect();
+            let y: Vec<f32> = (0..m).map(|_| lcg(&mut s)).collect();
+            let w = if i % 7 == 0 { 3 } else { 1 };
+            weighted.add_weighted(&x, &y, w as f32, i % 5 == 0);
+            for _ in 0..w {
+                repeated.add(&x, &y, i % 5 == 0);
+            }
+        }
+        let (a, b) = (
+            weighted.solve(Lambda::Fixed(1e-3)).unwrap(),
+            repeated.solve(Lambda::Fixed(1e-3)).unwrap(),
+        );
+        let err = (&a.w - &b.w).mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v));
+        assert!(
+            err < 1e-4,
+            "weighted and repeated solutions differ by {err}"
+        );
+        // and the weight matters: counted once, the solution is another
+        let mut once = Ridge::new(d, m, true);
+        let mut s = 19u64;
+        for i in 0..60 {
+            let x: Vec<f32> = (0..d).map(|_| lcg(&mut s)).collect();
+            let y: Vec<f32> = (0..m).map(|_| lcg(&mut s)).collect();
+            once.add(&x, &y, i % 5 == 0);
+        }
+        let c = once.solve(Lambda::Fixed(1e-3)).unwrap();
+        let diff = (&a.w - &c.w).mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v));
+        assert!(diff > 1e-3, "weights changed nothing ({diff})");
     }
 
     #[test]
