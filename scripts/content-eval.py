@@ -41,7 +41,7 @@ def main():
         k = r.get("content")
         if k:
             rows.append((k["top1_base"], k["top1_candidate"], k["recovery"]))
-        print(f"{c['name']}: KL recovery {r['all']['recovery']:.3f}; content "
+        print(f"{c['name']}: KL recovery {r['recovery']:.3f}; content "
               + (f"{k['tokens']} tokens, KL recovery {k['recovery']:.3f}, top-1 base "
                  f"{k['top1_base']:.2f} -> patched {k['top1_candidate']:.2f}" if k else "none"),
               flush=True)
@@ -50,7 +50,7 @@ def main():
         print(f"mean over {n} cases with content: top-1 base {sum(r[0] for r in rows) / n:.3f} -> "
               f"patched {sum(r[1] for r in rows) / n:.3f}, content KL recovery "
               f"{sum(r[2] for r in rows) / n:.3f}")
-    allrec = [r["all"]["recovery"] for r in reports.values()]
+    allrec = [r["recovery"] for r in reports.values()]
     print(f"mean KL recovery over {len(allrec)} cases: {sum(allrec) / len(allrec):.3f}")
     if a.json:
         with open(a.json, "w") as f:
