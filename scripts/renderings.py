@@ -17,18 +17,13 @@ template rendering (the suite's own reference), each case capped at 1 in the mea
 
 Usage: renderings.py BIN MODEL SUITE.json KEEP_DIR [--scorer persona_eval.py] [--json OUT]
 """
-import argparse, importlib.util, json, os, subprocess, sys, tempfile
+import json, os, subprocess, sys, tempfile
+
+from kept import kept_cases, load_scorer, parse_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GENERIC = "You are a helpful assistant."
 RENDERINGS = ["template", "empty", "generic", "node"]
-
-
-def load_scorer(path):
-    spec = importlib.util.spec_from_file_location("persona_eval", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def node_replies(model, probes, max_tokens):
@@ -51,16 +46,9 @@ def replies(pe, binary, model, probes, rendering):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("binary"), ap.add_argument("model"), ap.add_argument("suite"), ap.add_argument("keep")
-    ap.add_argument("--scorer", default=os.path.join(HERE, "../../shared/eval/persona_eval.py"))
-    ap.add_argument("--json", help="also write every reply and score to this file")
-    a = ap.parse_args()
+    a = parse_args(__doc__)
     pe = load_scorer(a.scorer)
-    cases = [c for c in json.load(open(a.suite))["cases"]
-             if os.path.exists(os.path.join(a.keep, c["name"] + ".gguf"))]
-    if not cases:
-        sys.exit(f"renderings: no kept patched models in {a.keep} (run persona_eval.py with PE_KEEP)")
+    cases = kept_cases(a.suite, a.keep, "renderings")
     rows, record = {r: [] for r in RENDERINGS}, []
     for c in cases:
         probes, rule = c["probes"], c["score"]

@@ -11,17 +11,12 @@ weights. For each case whose patched model was kept (persona_eval.py with PE_KEE
 Usage: turns.py BIN MODEL SUITE.json KEEP_DIR [--scorer persona_eval.py] [--json OUT]
 Prints a line per case and turn, then the mean over cases per turn.
 """
-import argparse, importlib.util, json, os, subprocess, sys, tempfile
+import json, os, subprocess, sys, tempfile
+
+from kept import kept_cases, load_scorer, parse_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TURNS = os.path.join(HERE, "../data/turns.txt")
-
-
-def load_scorer(path):
-    spec = importlib.util.spec_from_file_location("persona_eval", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def by_turn(binary, model, probes, max_tokens, system=None):
@@ -46,16 +41,9 @@ def by_turn(binary, model, probes, max_tokens, system=None):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("binary"), ap.add_argument("model"), ap.add_argument("suite"), ap.add_argument("keep")
-    ap.add_argument("--scorer", default=os.path.join(HERE, "../../shared/eval/persona_eval.py"))
-    ap.add_argument("--json", help="also write every reply and score to this file")
-    a = ap.parse_args()
+    a = parse_args(__doc__)
     pe = load_scorer(a.scorer)
-    cases = [c for c in json.load(open(a.suite))["cases"]
-             if os.path.exists(os.path.join(a.keep, c["name"] + ".gguf"))]
-    if not cases:
-        sys.exit(f"turns: no patched model of the suite's cases in {a.keep}")
+    cases = kept_cases(a.suite, a.keep, "turns")
     record, curves = [], {"prompted": {}, "patched": {}}
     for c in cases:
         runs = {
