@@ -81,11 +81,7 @@ pub fn build(
         let mut unprompted = prompt_tokens(model, &fmt, rendering.system(), q)?;
         unprompted.extend_from_slice(&r);
         let a = align(model, &prompted, &unprompted, q, r.len())?;
-        let pieces: Vec<String> = r
-            .iter()
-            .map(|&t| String::from_utf8_lossy(&model.token_bytes(t, false)).into_owned())
-            .collect();
-        let content = content_positions(&pieces, system, q)
+        let content = content_positions(&model.pieces(&r), system, q)
             .into_iter()
             .enumerate()
             .filter_map(|(j, c)| c.then_some(j))

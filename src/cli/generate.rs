@@ -84,10 +84,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         bail!("give the user message with --user TEXT or --user-file FILE");
     }
     let system = text_or_file(&a.system, &a.system_file, "system")?;
-    let mut earlier = match &a.history_file {
-        Some(_) => lines_or(&a.history_file, "history", Vec::new)?,
-        None => Vec::new(),
-    };
+    let mut earlier = lines_or(&a.history_file, "history", Vec::new)?;
     if let Some(n) = a.history_turns {
         if n > earlier.len() {
             bail!(

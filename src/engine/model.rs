@@ -163,6 +163,15 @@ impl Model {
         Ok(out)
     }
 
+    /// The text of each token, as it reads in a reply (special tokens not rendered; bytes
+    /// that are not UTF-8 on their own replaced).
+    pub fn pieces(&self, tokens: &[i32]) -> Vec<String> {
+        tokens
+            .iter()
+            .map(|&t| String::from_utf8_lossy(&self.token_bytes(t, false)).into_owned())
+            .collect()
+    }
+
     /// The text of one token (special tokens rendered when `special`).
     pub fn token_bytes(&self, token: i32, special: bool) -> Vec<u8> {
         let mut buf = vec![0u8; 64];

@@ -209,11 +209,7 @@ pub fn eval(
         let teacher = logprobs_at(&mut bctx, &p_seq, reply.len())?;
         let unprompted = logprobs_at(&mut bctx, &u_seq, reply.len())?;
         let cand = logprobs_at(&mut cctx, &c_seq, reply.len())?;
-        let pieces: Vec<String> = reply
-            .iter()
-            .map(|&t| String::from_utf8_lossy(&base.token_bytes(t, false)).into_owned())
-            .collect();
-        let marked = content::content_positions(&pieces, system, q);
+        let marked = content::content_positions(&base.pieces(reply), system, q);
         for j in 0..reply.len() {
             let here = Sums::one(&teacher[j], &unprompted[j], &cand[j]);
             all.add(&here);

@@ -340,15 +340,21 @@ mod tests {
     fn a_row_weighted_w_times_is_the_row_added_w_times() {
         let (d, m) = (5, 2);
         let mut s = 19u64;
+        let rows: Vec<(Vec<f32>, Vec<f32>)> = (0..60)
+            .map(|_| {
+                let x = (0..d).map(|_| lcg(&mut s)).collect();
+                (x, (0..m).map(|_| lcg(&mut s)).collect())
+            })
+            .collect();
         let (mut weighted, mut repeated) = (Ridge::new(d, m, true), Ridge::new(d, m, true));
-        for i in 0..60 {
-            let x: Vec<f32> = (0..d).map(|_| lcg(&mut s)).collect();
-            let y: Vec<f32> = (0..m).map(|_| lcg(&mut s)).collect();
+        let mut once = Ridge::new(d, m, true);
+        for (i, (x, y)) in rows.iter().enumerate() {
             let w = if i % 7 == 0 { 3 } else { 1 };
-            weighted.add_weighted(&x, &y, w as f32, i % 5 == 0);
+            weighted.add_weighted(x, y, w as f32, i % 5 == 0);
             for _ in 0..w {
-                repeated.add(&x, &y, i % 5 == 0);
+                repeated.add(x, y, i % 5 == 0);
             }
+            once.add(x, y, i % 5 == 0);
         }
         let (a, b) = (
             weighted.solve(Lambda::Fixed(1e-3)).unwrap(),
@@ -360,13 +366,6 @@ mod tests {
             "weighted and repeated solutions differ by {err}"
         );
         // and the weight matters: counted once, the solution is another
-        let mut once = Ridge::new(d, m, true);
-        let mut s = 19u64;
-        for i in 0..60 {
-            let x: Vec<f32> = (0..d).map(|_| lcg(&mut s)).collect();
-            let y: Vec<f32> = (0..m).map(|_| lcg(&mut s)).collect();
-            once.add(&x, &y, i % 5 == 0);
-        }
         let c = once.solve(Lambda::Fixed(1e-3)).unwrap();
         let diff = (&a.w - &c.w).mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v));
         assert!(diff > 1e-3, "weights changed nothing ({diff})");
