@@ -19,11 +19,13 @@ trap 'rm -rf "$WORK"' EXIT
 SHORT="You are Captain Byte, a pirate robot. Always talk like a pirate and mention your name."
 for nb in "${BINS[@]}"; do
     name=${nb%%=*}; bin=${nb#*=}
+    # 64 questions on both sides: none built from the prompt (a long prompt would add more)
+    pq=(); "$bin" patch --help | grep -q -- --prompt-questions && pq=(--prompt-questions 0)
     for kind in short long; do
         if [ $kind = short ]; then p=(--prompt "$SHORT"); else p=(--prompt-file data/prompts/long-support.txt); fi
         start=$(date +%s.%N)
         GGUF_SLEEP_REPLY_CACHE=off "$bin" patch "$MODEL" "${p[@]}" -o "$WORK/out.gguf" \
-            --calib-size 64 --json >"$WORK/$kind.json" 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }
+            --calib-size 64 "${pq[@]}" --json >"$WORK/$kind.json" 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }
         echo "$start $(date +%s.%N)" >"$WORK/$kind.wall"
         rm -f "$WORK/out.gguf"
     done

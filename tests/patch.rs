@@ -10,8 +10,8 @@ use std::path::Path;
 
 const PROMPT: &str = "You are Captain Byte, a pirate robot. Always talk like a pirate.";
 
-/// Patch `model` into `out` with a small calibration set (10 questions unless `extra` says);
-/// returns the JSON summary.
+/// Patch `model` into `out` with a small calibration set (10 questions and none built from the
+/// prompt unless `extra` says); returns the JSON summary.
 fn patch(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec![
         "patch",
@@ -26,6 +26,9 @@ fn patch(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     ];
     if !extra.contains(&"--calib-size") {
         args.extend_from_slice(&["--calib-size", "10"]);
+    }
+    if !extra.contains(&"--prompt-questions") {
+        args.extend_from_slice(&["--prompt-questions", "0"]);
     }
     args.extend_from_slice(extra);
     let (stdout, stderr, ok) = run(&args);
@@ -459,4 +462,37 @@ fn calibration_conversations_cycle_through_the_renderings() {
         );
     }
     assert_ne!(pairs[0].unprompted, pairs[1].unprompted);
+}
+
+/// `--prompt-questions`: questions built from the prompt's own words are asked after the
+/// calibration set, counted in the summary and in the recorded calibration size.
+#[test]
+fn questions_built_from_the_prompt_join_the_calibration_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let out = dir.path().join("pq.gguf");
+    let built = gguf_sleep::text::questions::about_prompt(PROMPT, 6);
+    assert_eq!(built.len(), 6, "{built:?}");
+    assert!(built[0].contains("Captain"), "{built:?}");
+    let s = patch(
+        &m,
+        &out,
+        &[
+            "--calib-size",
+            "4",
+            "--prompt-questions",
+            "6",
+            "--layers",
+            "10..12",
+        ],
+    );
+    assert_eq!(s["questions"], 10);
+    let f = gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(
+        f.header()
+            .metadata
+            .get("sleep.calibration_size")
+            .and_then(|v| v.as_u64()),
+        Some(10)
+    );
 }

@@ -37,6 +37,7 @@ pub fn run_patch(
     let (questions, replies) = init_material(train_set, opts.init_questions);
     let popts = PatchOptions {
         questions,
+        prompt_questions: 0, // the teacher's replies are given for these questions only
         edit_type: opts.edit_type,
         max_tokens: opts.teacher.max_tokens,
         ..PatchOptions::default()

@@ -86,6 +86,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
         ),
         None => println!("content tokens  0  (no reply spelled a word of the prompt)"),
     }
+    if let Some(c) = &r.content_first {
+        print_figures("first pieces", c, "  (the first token of each such word)");
+    }
     if let Some(l) = r.locality_kl {
         println!(
             "locality_kl     {:.5}  ({} neutral tokens)",

@@ -35,13 +35,17 @@ pub struct PatchArgs {
     /// layers to edit, e.g. 4..30 (default: all)
     #[arg(long, value_name = "RANGE", help_heading = "Method")]
     layers: Option<String>,
-    /// calibration questions, one per line (default: 134 built-in general questions, then 20
+    /// calibration questions, one per line (default: 134 built-in general questions, then 25
     /// about the assistant itself, three times)
     #[arg(long, value_name = "FILE", help_heading = "Calibration")]
     calib: Option<PathBuf>,
     /// use only the first N calibration questions
     #[arg(long, value_name = "N", help_heading = "Calibration")]
     calib_size: Option<usize>,
+    /// also ask up to N questions built from the prompt's own words ("Tell me about your
+    /// cat.", "What can you tell me about Miso?"); 0 for none [default: 48]
+    #[arg(long, value_name = "N", help_heading = "Calibration")]
+    prompt_questions: Option<usize>,
     /// fit layer by layer, each on activations recomputed with the earlier layers patched
     /// (the default for down, matrix and vector)
     #[arg(long, conflicts_with = "parallel", help_heading = "Method")]
@@ -185,6 +189,7 @@ pub fn run(a: PatchArgs) -> Result<()> {
         strength: a.strength,
         layers: a.layers.as_deref().map(parse_layers).transpose()?,
         questions: calibration(&a.calib, a.calib_size)?,
+        prompt_questions: a.prompt_questions.unwrap_or(defaults.prompt_questions),
         lambda: parse_ridge(&a.ridge)?,
         edit_type: a.edit_type.into(),
         output_rounding: matches!(a.rounding, RoundingArg::Output),

@@ -63,6 +63,10 @@ pub struct EvalReport {
     /// a word of the prompt). Their `top1_candidate` is the share of the prompt's content words
     /// the candidate emits itself ("content recovery").
     pub content: Option<Figures>,
+    /// the same figures on the first piece of each content word alone
+    /// ([`content::content_starts`]): the token a free-running model has to get right for the
+    /// rest of the word to follow
+    pub content_first: Option<Figures>,
 }
 
 /// KL and top-1 figures over a set of teacher-forced reply positions.
@@ -193,7 +197,8 @@ pub fn eval(
     }
     let csys = opts.reprompt.then_some(system);
 
-    let (mut all, mut on_content) = (Sums::default(), Sums::default());
+    let (mut all, mut on_content, mut on_first) =
+        (Sums::default(), Sums::default(), Sums::default());
     for (qi, q) in questions.iter().enumerate() {
         let reply = &replies[qi];
         if reply.is_empty() {
@@ -209,12 +214,17 @@ pub fn eval(
         let teacher = logprobs_at(&mut bctx, &p_seq, reply.len())?;
         let unprompted = logprobs_at(&mut bctx, &u_seq, reply.len())?;
         let cand = logprobs_at(&mut cctx, &c_seq, reply.len())?;
-        let marked = content::content_positions(&base.pieces(reply), system, q);
+        let pieces = base.pieces(reply);
+        let marked = content::content_positions(&pieces, system, q);
+        let first = content::content_starts(&pieces, system, q);
         for j in 0..reply.len() {
             let here = Sums::one(&teacher[j], &unprompted[j], &cand[j]);
             all.add(&here);
             if marked[j] {
                 on_content.add(&here);
+            }
+            if first[j] {
+                on_first.add(&here);
             }
         }
         progress("scoring", qi + 1, questions.len());
@@ -223,6 +233,7 @@ pub fn eval(
         bail!("the prompted model produced no reply tokens");
     }
     let content = (on_content.n > 0).then(|| on_content.figures());
+    let content_first = (on_first.n > 0).then(|| on_first.figures());
     let (locality_kl, locality_tokens) = if opts.locality {
         let (v, t) = locality(&mut bctx, &mut cctx)?;
         (Some(v), t)
@@ -235,6 +246,7 @@ pub fn eval(
         locality_kl,
         locality_tokens,
         content,
+        content_first,
     })
 }
 

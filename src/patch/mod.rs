@@ -111,12 +111,13 @@ pub fn patch_with(
         max_tokens: opts.max_tokens,
         ..Default::default()
     };
-    let n_q = opts.questions.len();
+    let questions = opts.all_questions(system);
+    let n_q = questions.len();
     let mut done = 0;
     let mut pairs = material::build(
         &model,
         system,
-        &opts.questions,
+        &questions,
         &opts.renderings,
         &gen,
         given.replies.as_deref(),
@@ -197,7 +198,7 @@ pub fn patch_with(
         }
         Fitted::Stored(e, r) => (e, r),
     };
-    let own = record(system, opts, (l0, l1));
+    let own = record(system, opts, (l0, l1), n_q);
     provenance::record(&mut edits, src.header(), Some(&own), given.then.as_ref());
     let t = Instant::now();
     progress("write", 0, 1);
@@ -270,13 +271,18 @@ fn time_prefill(model: &Model, copts: &ContextOptions, pairs: &[Pair]) -> Result
 }
 
 /// What a patch records of itself: its `sleep.*` keys and its `sleep.history` line.
-fn record(system: &str, opts: &PatchOptions, layers: (usize, usize)) -> Provenance {
+fn record(
+    system: &str,
+    opts: &PatchOptions,
+    layers: (usize, usize),
+    questions: usize,
+) -> Provenance {
     let stage = provenance::Stage {
         method: opts.method.name(),
         mode: opts.mode(),
         strength: opts.strength,
         system,
-        calibration: opts.questions.len(),
+        calibration: questions,
         layers: format!("{}..{}", layers.0, layers.1),
         edit_type: opts.edit_type,
     };

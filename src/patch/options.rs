@@ -9,7 +9,7 @@ use crate::store::{EditType, Provenance};
 use crate::text::Rendering;
 
 /// Settings of one `patch` run. [`Default`] is the default patch: `down`, sequential, every
-/// layer, the built-in questions, validated λ, edits in the file's own types with output-aware
+/// layer, the built-in questions and up to 48 built from the prompt, validated λ, edits in the file's own types with output-aware
 /// rounding, `ffn_down.bias` where the architecture applies one.
 #[derive(Debug, Clone)]
 pub struct PatchOptions {
@@ -23,6 +23,9 @@ pub struct PatchOptions {
     pub layers: Option<(usize, usize)>,
     /// calibration questions
     pub questions: Vec<String>,
+    /// most questions built from the system prompt's own words
+    /// ([`crate::text::questions::about_prompt`]) asked after `questions`; 0 = none
+    pub prompt_questions: usize,
     /// ridge λ
     pub lambda: Lambda,
     /// storage type of edited weight matrices
@@ -60,6 +63,7 @@ impl Default for PatchOptions {
             strength: 1.0,
             layers: None,
             questions: crate::text::default_questions(),
+            prompt_questions: 48,
             lambda: Lambda::Auto,
             edit_type: EditType::Same,
             output_rounding: true,
@@ -77,6 +81,17 @@ impl Default for PatchOptions {
 }
 
 impl PatchOptions {
+    /// Every calibration question of a run with `system`: `questions`, then those built from
+    /// the prompt.
+    pub fn all_questions(&self, system: &str) -> Vec<String> {
+        let mut q = self.questions.clone();
+        q.extend(crate::text::questions::about_prompt(
+            system,
+            self.prompt_questions,
+        ));
+        q
+    }
+
     /// The checks that need no model: fields that cannot work, alone or together.
     pub fn validate(&self) -> Result<(), InvalidOptions> {
         ensure(!self.questions.is_empty(), || {

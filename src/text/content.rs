@@ -50,9 +50,50 @@ pub fn content_words(system: &str, question: &str) -> HashSet<String> {
         .collect()
 }
 
+/// The content words of a system prompt as it writes them: each once, in order of first
+/// appearance, function words and fragments shorter than three letters left out (a number of
+/// any length stays).
+pub fn prompt_words(system: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
+    words(system)
+        .into_iter()
+        .filter(|(_, _, w)| {
+            let long = w.chars().count() >= 3 || w.chars().all(|c| c.is_ascii_digit());
+            long && !FUNCTION_WORDS.contains(&w.as_str()) && seen.insert(w.clone())
+        })
+        .map(|(s, e, _)| system[s..e].to_string())
+        .collect()
+}
+
 /// For each token of a reply (its text pieces, in order), whether it spells part of a content
 /// word of `system` that `question` does not contain.
 pub fn content_positions(pieces: &[String], system: &str, question: &str) -> Vec<bool> {
+    marks(pieces, system, question)
+        .into_iter()
+        .map(|m| m.within)
+        .collect()
+}
+
+/// For each token of a reply, whether a content word begins in it: the first piece of each
+/// content word the reply spells. Once a word's first piece is given, its other pieces follow
+/// from the word itself; the first one is where the prompt's content has to come from.
+pub fn content_starts(pieces: &[String], system: &str, question: &str) -> Vec<bool> {
+    marks(pieces, system, question)
+        .into_iter()
+        .map(|m| m.starts)
+        .collect()
+}
+
+/// Where one reply token stands against the content words the reply spells.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    /// the token overlaps a content word
+    within: bool,
+    /// a content word begins inside the token
+    starts: bool,
+}
+
+fn marks(pieces: &[String], system: &str, question: &str) -> Vec<Mark> {
     let content = content_words(system, question);
     let text: String = pieces.concat();
     let spans: Vec<(usize, usize)> = words(&text)
@@ -66,7 +107,10 @@ pub fn content_positions(pieces: &[String], system: &str, question: &str) -> Vec
         .map(|p| {
             let (s, e) = (at, at + p.len());
             at = e;
-            spans.iter().any(|&(a, b)| a < e && s < b)
+            Mark {
+                within: spans.iter().any(|&(a, b)| a < e && s < b),
+                starts: spans.iter().any(|&(a, _)| s <= a && a < e),
+            }
         })
         .collect()
 }
@@ -90,6 +134,23 @@ mod tests {
             marked,
             [false, false, true, true, false, false, false, false, true, true, false]
         );
+        // the first piece of each word: " No" and " te"
+        let starts = content_starts(&reply, system, "Who are you?");
+        assert_eq!(
+            starts,
+            [false, false, true, false, false, false, false, false, true, false, false]
+        );
+    }
+
+    #[test]
+    fn adjacent_content_words_each_have_a_first_piece() {
+        let system = "You were made by Orbital Labs.";
+        let reply = pieces(&["Orb", "ital", " Labs", " did"]);
+        let starts = content_starts(&reply, system, "Who made you?");
+        assert_eq!(starts, [true, false, true, false]);
+        assert!(content_starts(&reply, system, "Was it Orbital Labs?")
+            .iter()
+            .all(|&m| !m));
     }
 
     #[test]
@@ -117,5 +178,13 @@ mod tests {
         let mut w: Vec<String> = w.into_iter().collect();
         w.sort();
         assert_eq!(w, ["4721", "pirate"]);
+    }
+
+    #[test]
+    fn prompt_words_keep_the_prompts_case_and_order_once_each() {
+        let w = prompt_words(
+            "You are Nova, made by Orbital Labs. Nova's code is 7 and 4721; I'm nova.",
+        );
+        assert_eq!(w, ["Nova", "made", "Orbital", "Labs", "code", "7", "4721"]);
     }
 }

@@ -16,6 +16,22 @@ pub const SELF_WEIGHT: usize = 3;
 /// Built-in held-out questions for `eval` (disjoint from the calibration set).
 pub const HELDOUT: &str = include_str!("../../data/heldout.txt");
 
+/// The templates of [`about_prompt`]: general questions with a slot for one word.
+const ABOUT: &[&str] = &["Tell me about your {}.", "What can you tell me about {}?"];
+
+/// Up to `n` questions built from a system prompt's own content words
+/// ([`crate::text::content::prompt_words`]), each word in every template of [`ABOUT`] before
+/// the next word. Asked of the prompted model they draw out what the prompt says (a name, a
+/// place, a number) in contexts the general questions rarely reach; the templates know nothing
+/// of any particular prompt.
+pub fn about_prompt(system: &str, n: usize) -> Vec<String> {
+    crate::text::content::prompt_words(system)
+        .iter()
+        .flat_map(|w| ABOUT.iter().map(move |t| t.replace("{}", w)))
+        .take(n)
+        .collect()
+}
+
 /// Non-empty trimmed lines of a text.
 pub fn lines(text: &str) -> Vec<String> {
     text.lines()
@@ -69,5 +85,25 @@ mod tests {
             .filter(|j| is_validation(q.len() - own + j))
             .count();
         assert!(held > 0 && held < own / 2, "{held} of {own} held out");
+    }
+
+    #[test]
+    fn questions_about_a_prompt_ask_each_content_word_in_every_template() {
+        let q = about_prompt("You have a cat named Miso. The code is 12.", 5);
+        assert_eq!(
+            q,
+            [
+                "Tell me about your cat.",
+                "What can you tell me about cat?",
+                "Tell me about your named.",
+                "What can you tell me about named?",
+                "Tell me about your Miso.",
+            ]
+        );
+        assert_eq!(
+            about_prompt("You have a cat named Miso. The code is 12.", 99).len(),
+            10
+        );
+        assert!(about_prompt("You are a", 10).is_empty());
     }
 }
