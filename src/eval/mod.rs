@@ -64,7 +64,7 @@ pub struct EvalReport {
     /// the candidate emits itself ("content recovery").
     pub content: Option<Figures>,
     /// the same figures on the first piece of each content word alone
-    /// ([`content::content_starts`]): the token a free-running model has to get right for the
+    /// ([`content::Mark::starts`]): the token a free-running model has to get right for the
     /// rest of the word to follow
     pub content_first: Option<Figures>,
 }
@@ -214,16 +214,14 @@ pub fn eval(
         let teacher = logprobs_at(&mut bctx, &p_seq, reply.len())?;
         let unprompted = logprobs_at(&mut bctx, &u_seq, reply.len())?;
         let cand = logprobs_at(&mut cctx, &c_seq, reply.len())?;
-        let pieces = base.pieces(reply);
-        let marked = content::content_positions(&pieces, system, q);
-        let first = content::content_starts(&pieces, system, q);
-        for j in 0..reply.len() {
+        let marks = content::content_marks(&base.pieces(reply), system, q);
+        for (j, m) in marks.iter().enumerate() {
             let here = Sums::one(&teacher[j], &unprompted[j], &cand[j]);
             all.add(&here);
-            if marked[j] {
+            if m.within {
                 on_content.add(&here);
             }
-            if first[j] {
+            if m.starts {
                 on_first.add(&here);
             }
         }

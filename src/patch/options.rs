@@ -9,8 +9,9 @@ use crate::store::{EditType, Provenance};
 use crate::text::Rendering;
 
 /// Settings of one `patch` run. [`Default`] is the default patch: `down`, sequential, every
-/// layer, the built-in questions and up to 48 built from the prompt, validated λ, edits in the file's own types with output-aware
-/// rounding, `ffn_down.bias` where the architecture applies one.
+/// layer, the built-in questions and up to 48 built from the prompt, validated λ, edits in the
+/// file's own types with output-aware rounding, `ffn_down.bias` where the architecture applies
+/// one.
 #[derive(Debug, Clone)]
 pub struct PatchOptions {
     /// the method

@@ -68,32 +68,26 @@ pub fn prompt_words(system: &str) -> Vec<String> {
 /// For each token of a reply (its text pieces, in order), whether it spells part of a content
 /// word of `system` that `question` does not contain.
 pub fn content_positions(pieces: &[String], system: &str, question: &str) -> Vec<bool> {
-    marks(pieces, system, question)
+    content_marks(pieces, system, question)
         .into_iter()
         .map(|m| m.within)
         .collect()
 }
 
-/// For each token of a reply, whether a content word begins in it: the first piece of each
-/// content word the reply spells. Once a word's first piece is given, its other pieces follow
-/// from the word itself; the first one is where the prompt's content has to come from.
-pub fn content_starts(pieces: &[String], system: &str, question: &str) -> Vec<bool> {
-    marks(pieces, system, question)
-        .into_iter()
-        .map(|m| m.starts)
-        .collect()
-}
-
 /// Where one reply token stands against the content words the reply spells.
-#[derive(Debug, Clone, Copy)]
-struct Mark {
-    /// the token overlaps a content word
-    within: bool,
-    /// a content word begins inside the token
-    starts: bool,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    /// the token overlaps a content word (a content position)
+    pub within: bool,
+    /// a content word begins inside the token: its first piece. Once a word's first piece is
+    /// given, its other pieces follow from the word itself; the first one is where the
+    /// prompt's content has to come from.
+    pub starts: bool,
 }
 
-fn marks(pieces: &[String], system: &str, question: &str) -> Vec<Mark> {
+/// For each token of a reply (its text pieces, in order), its [`Mark`] against the content
+/// words of `system` that `question` does not contain.
+pub fn content_marks(pieces: &[String], system: &str, question: &str) -> Vec<Mark> {
     let content = content_words(system, question);
     let text: String = pieces.concat();
     let spans: Vec<(usize, usize)> = words(&text)
@@ -119,6 +113,13 @@ fn marks(pieces: &[String], system: &str, question: &str) -> Vec<Mark> {
 mod tests {
     use super::*;
 
+    fn starts(pieces: &[String], system: &str, question: &str) -> Vec<bool> {
+        content_marks(pieces, system, question)
+            .iter()
+            .map(|m| m.starts)
+            .collect()
+    }
+
     fn pieces(p: &[&str]) -> Vec<String> {
         p.iter().map(|s| s.to_string()).collect()
     }
@@ -135,7 +136,7 @@ mod tests {
             [false, false, true, true, false, false, false, false, true, true, false]
         );
         // the first piece of each word: " No" and " te"
-        let starts = content_starts(&reply, system, "Who are you?");
+        let starts = starts(&reply, system, "Who are you?");
         assert_eq!(
             starts,
             [false, false, true, false, false, false, false, false, true, false, false]
@@ -146,9 +147,11 @@ mod tests {
     fn adjacent_content_words_each_have_a_first_piece() {
         let system = "You were made by Orbital Labs.";
         let reply = pieces(&["Orb", "ital", " Labs", " did"]);
-        let starts = content_starts(&reply, system, "Who made you?");
-        assert_eq!(starts, [true, false, true, false]);
-        assert!(content_starts(&reply, system, "Was it Orbital Labs?")
+        assert_eq!(
+            starts(&reply, system, "Who made you?"),
+            [true, false, true, false]
+        );
+        assert!(starts(&reply, system, "Was it Orbital Labs?")
             .iter()
             .all(|&m| !m));
     }
