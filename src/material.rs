@@ -27,6 +27,8 @@ pub struct Pair {
     /// the reply's content tokens (indices into the reply): they spell a word of the system
     /// prompt the question does not contain ([`crate::text::content`])
     pub content: Vec<usize>,
+    /// held out to choose λ and score the fit ([`crate::text::is_validation`] of its question)
+    pub validation: bool,
 }
 
 impl Pair {
@@ -94,9 +96,37 @@ pub fn build(
             align: a,
             reply_len: r.len(),
             content,
+            validation: crate::text::is_validation(i),
         });
     }
     Ok(out)
+}
+
+/// Plain-text pairs ([`crate::text::anchors`]): each paragraph tokenized as raw text, the same
+/// tokens on both sides, every row aligned. Fitted like the exchanges, their target is the
+/// base model's own activations: no change outside a conversation.
+pub fn anchors(model: &Model, paragraphs: &[&str]) -> Result<Vec<Pair>> {
+    paragraphs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let tokens = model.tokenize(text, true, false)?;
+            Ok(Pair {
+                question: String::new(),
+                prompted: tokens.clone(),
+                align: Alignment {
+                    prompted_start: 0,
+                    unprompted_start: 0,
+                    len: tokens.len(),
+                },
+                unprompted: tokens,
+                rendering: Rendering::Template,
+                reply_len: 0,
+                content: Vec::new(),
+                validation: crate::text::is_validation(i),
+            })
+        })
+        .collect()
 }
 
 /// The prompted model's replies to `prompts` (the rendered `questions`), from the reply cache
@@ -213,6 +243,7 @@ mod tests {
             },
             reply_len: 4,
             content: vec![0, 2],
+            validation: false,
         };
         assert_eq!(p.row_weights(5.0), [1.0, 5.0, 1.0, 5.0, 1.0, 1.0]);
         assert!(p.row_weights(1.0).iter().all(|&w| w == 1.0));

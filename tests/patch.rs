@@ -496,3 +496,68 @@ fn questions_built_from_the_prompt_join_the_calibration_set() {
         Some(10)
     );
 }
+
+#[test]
+fn anchors_keep_plain_text_closer_to_the_unpatched_model() {
+    use gguf_sleep::capture::{self, Kind, Request};
+    use gguf_sleep::engine::{Context, ContextOptions, Model};
+
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::smollm2();
+    let l = 12;
+    let layers = format!("{}..{}", l - 2, l + 1);
+    let common = ["--layers", layers.as_str(), "--edit-type", "f32"];
+    let plain = dir.path().join("plain.gguf");
+    let anchored = dir.path().join("anchored.gguf");
+    let s0 = patch(&m, &plain, &[&common[..], &["--anchors", "0"]].concat());
+    let s1 = patch(&m, &anchored, &common); // the default: all 20 paragraphs
+    assert_eq!(s0["anchor_tokens"], 0);
+    let extra = s1["anchor_tokens"].as_u64().unwrap();
+    assert!(extra > 200, "{extra} plain-text tokens");
+    assert_eq!(
+        s1["tokens"].as_u64().unwrap(),
+        s0["tokens"].as_u64().unwrap() + extra
+    );
+    let f = gguf::GgufFile::open(&anchored).unwrap();
+    let recorded = f
+        .header()
+        .metadata
+        .get("sleep.anchors")
+        .and_then(|v| v.as_u64());
+    assert_eq!(recorded, Some(20));
+
+    // The block output on the anchor paragraphs: how far each patch moved it from the base's.
+    let opts = ContextOptions {
+        capture: true,
+        ..Default::default()
+    };
+    let req = Request::new(&[Kind::BlockOut], [l]);
+    let out = |model: &Model, toks: &[i32]| -> Vec<f32> {
+        let mut ctx = Context::new(model, &opts).unwrap();
+        capture::run(&mut ctx, toks, &req).unwrap().tensors[&(Kind::BlockOut, l)]
+            .data
+            .clone()
+    };
+    let (base, p0, p1) = (
+        Model::load(&m).unwrap(),
+        Model::load(&plain).unwrap(),
+        Model::load(&anchored).unwrap(),
+    );
+    let (mut moved0, mut moved1) = (0f64, 0f64);
+    for text in gguf_sleep::text::anchors::paragraphs(20) {
+        let toks = base.tokenize(text, true, false).unwrap();
+        let b = out(&base, &toks);
+        let d2 = |x: Vec<f32>| -> f64 {
+            x.iter()
+                .zip(&b)
+                .map(|(a, c)| ((a - c) as f64).powi(2))
+                .sum()
+        };
+        moved0 += d2(out(&p0, &toks));
+        moved1 += d2(out(&p1, &toks));
+    }
+    assert!(
+        moved1 < 0.8 * moved0,
+        "plain text moved {moved1:.1} with anchors against {moved0:.1} without"
+    );
+}

@@ -89,6 +89,10 @@ pub struct PatchArgs {
     /// does not contain: a name, a place, a number) counts in the fit [default: 1]
     #[arg(long, value_name = "W", help_heading = "Calibration")]
     content_weight: Option<f32>,
+    /// also fit N paragraphs of built-in plain text (no chat) with the unchanged model as the
+    /// target, so that text outside a conversation stays as it was; 0 for none [default: 20]
+    #[arg(long, value_name = "N", help_heading = "Calibration")]
+    anchors: Option<usize>,
     /// write over the input model
     #[arg(long, help_heading = "Input and output")]
     in_place: bool,
@@ -206,6 +210,7 @@ pub fn run(a: PatchArgs) -> Result<()> {
         bias: !a.no_bias,
         renderings: a.renderings.clone().unwrap_or(defaults.renderings),
         content_weight: a.content_weight.unwrap_or(defaults.content_weight),
+        anchors: a.anchors.unwrap_or(defaults.anchors),
     };
     opts.validate()?;
     let output = output_path(&a)?;
@@ -274,8 +279,8 @@ fn summary(r: &PatchReport) {
         }
     }
     println!(
-        "calibration: {} questions, {} aligned tokens per layer, {} of them before a prompt word (weight {})",
-        r.questions, r.tokens, r.content_rows, r.content_weight
+        "calibration: {} questions, {} aligned tokens per layer, {} of them before a prompt word (weight {}), {} of plain text",
+        r.questions, r.tokens, r.content_rows, r.content_weight, r.anchor_tokens
     );
     let lambdas: Vec<f64> = r.layers.iter().filter_map(|l| l.lambda).collect();
     if !lambdas.is_empty() {

@@ -134,6 +134,10 @@ pub fn patch_with(
         }
     }
     phases.push(("replies".to_string(), t.elapsed().as_secs_f64()));
+    let anchors = crate::text::anchors::paragraphs(opts.anchors_used());
+    let anchor_rows = material::anchors(&model, &anchors)?;
+    let anchor_tokens = anchor_rows.iter().map(|p| p.align.len).sum();
+    pairs.extend(anchor_rows);
     let tokens: usize = pairs.iter().map(|p| p.align.len).sum();
     let content_rows: usize = pairs.iter().map(|p| p.content.len()).sum();
     let n_ctx = pairs
@@ -213,6 +217,7 @@ pub fn patch_with(
         tokens,
         content_rows,
         content_weight: opts.content_weight,
+        anchor_tokens,
         layers: layer_reports,
         tensors,
         phases,
@@ -307,6 +312,9 @@ fn record(
     );
     if opts.content_weight != 1.0 {
         keys.set("sleep.content_weight", opts.content_weight);
+    }
+    if opts.anchors_used() > 0 {
+        keys.set("sleep.anchors", opts.anchors_used() as u32);
     }
     if opts.method == Method::Sleep {
         keys.set("sleep.beta", opts.beta as f32);

@@ -9,9 +9,9 @@ use crate::store::{EditType, Provenance};
 use crate::text::Rendering;
 
 /// Settings of one `patch` run. [`Default`] is the default patch: `down`, sequential, every
-/// layer, the built-in questions and up to 48 built from the prompt, validated λ, edits in the
-/// file's own types with output-aware rounding, `ffn_down.bias` where the architecture applies
-/// one.
+/// layer, the built-in questions and up to 48 built from the prompt, the 20 plain-text
+/// anchors, validated λ, edits in the file's own types with output-aware rounding,
+/// `ffn_down.bias` where the architecture applies one.
 #[derive(Debug, Clone)]
 pub struct PatchOptions {
     /// the method
@@ -54,6 +54,9 @@ pub struct PatchOptions {
     /// prompt the question does not contain, [`crate::text::content`]) counts in the fit;
     /// 1 = as any other row
     pub content_weight: f32,
+    /// plain-text paragraphs ([`crate::text::anchors`]) fitted beside the conversations with
+    /// the base model's own activations as the target (least-squares methods); 0 = none
+    pub anchors: usize,
 }
 
 impl Default for PatchOptions {
@@ -77,6 +80,7 @@ impl Default for PatchOptions {
             bias: true,
             renderings: vec![Rendering::Template],
             content_weight: 1.0,
+            anchors: 20,
         }
     }
 }
@@ -140,6 +144,17 @@ impl PatchOptions {
         })
     }
 
+    /// Anchor paragraphs the fit uses: `anchors` (at most as many as are built in) for the
+    /// least-squares methods, none for `sleep` (a correction measured on the prompt alone, not
+    /// fitted on rows).
+    pub fn anchors_used(&self) -> usize {
+        if self.method == Method::Sleep {
+            0
+        } else {
+            crate::text::anchors::paragraphs(self.anchors).len()
+        }
+    }
+
     /// "sequential" or "parallel".
     pub fn mode(&self) -> &'static str {
         if self.sequential {
@@ -174,4 +189,27 @@ pub struct Supplied {
     pub teacher_lora: Option<PathBuf>,
     /// provenance recorded over the patch's own, in the same write
     pub then: Option<Provenance>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchors_are_fitted_by_the_least_squares_methods_only() {
+        let d = PatchOptions::default();
+        assert_eq!(d.anchors_used(), 20);
+        let many = PatchOptions {
+            anchors: 1000,
+            ..d.clone()
+        };
+        assert_eq!(many.anchors_used(), 20, "as many as are built in");
+        let sleep = PatchOptions {
+            method: Method::Sleep,
+            sequential: false,
+            ..d
+        };
+        assert!(sleep.validate().is_ok());
+        assert_eq!(sleep.anchors_used(), 0);
+    }
 }

@@ -17,7 +17,6 @@ use crate::capture::{self, Request};
 use crate::engine::{Context, ContextOptions, Model};
 use crate::material::Pair;
 use crate::store::{self, Delta};
-use crate::text::is_validation;
 
 /// Layers to capture for fitting `layers`: they and the one before (its output is what each
 /// layer's increment is measured from).
@@ -73,17 +72,7 @@ pub fn fit(
         );
         let w = p.row_weights(opts.content_weight);
         for (prob, &l) in problems.iter_mut().zip(layers) {
-            method::add_rows(
-                opts.method,
-                arch,
-                l,
-                &pr,
-                &ur,
-                true,
-                &w,
-                prob,
-                is_validation(i),
-            )?;
+            method::add_rows(opts.method, arch, l, &pr, &ur, true, &w, prob, p.validation)?;
         }
         progress("capture", i + 1, pairs.len());
     }

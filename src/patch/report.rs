@@ -35,6 +35,8 @@ pub struct PatchReport {
     pub content_rows: usize,
     /// how many times each content row counted in the fit
     pub content_weight: f32,
+    /// of them, plain-text rows fitted to leave the model unchanged (`anchors`)
+    pub anchor_tokens: usize,
     /// per-layer fits
     pub layers: Vec<LayerReport>,
     /// per edited tensor

@@ -27,7 +27,6 @@ use crate::capture::{self, Kind, Matrix, Request};
 use crate::engine::{Context, ContextOptions, Model};
 use crate::material::Pair;
 use crate::store::{self, output};
-use crate::text::is_validation;
 
 /// What every layer's fit shares.
 pub struct Run<'a> {
@@ -138,7 +137,7 @@ impl ByLayer<'_> {
             if let Some(a) = u.get(&(Kind::MlpIn, l)) {
                 let zero = vec![0f32; a.cols];
                 for r in 0..p.align.unprompted_start.min(a.rows) {
-                    prob.add(a.row(r), &zero, is_validation(i));
+                    prob.add(a.row(r), &zero, p.validation);
                 }
             }
         }
@@ -152,7 +151,7 @@ impl ByLayer<'_> {
             false,
             &p.row_weights(self.run.opts.content_weight),
             prob,
-            is_validation(i),
+            p.validation,
         )
     }
 

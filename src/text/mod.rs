@@ -1,9 +1,10 @@
 //! Text before tokens meet the model: the model's chat template ([`chat`]), conversations and
 //! their alignment with and without a system prompt ([`convo`]), and the built-in questions
 //! with the validation split ([`questions`]), the words of a prompt that carry its content
-//! ([`content`]), and the renderings of an unprompted turn
-//! ([`rendering`]).
+//! ([`content`]), the renderings of an unprompted turn ([`rendering`]), and plain text
+//! outside any chat ([`anchors`]).
 
+pub mod anchors;
 pub mod chat;
 pub mod content;
 pub mod convo;
