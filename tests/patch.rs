@@ -509,8 +509,8 @@ fn anchors_keep_plain_text_closer_to_the_unpatched_model() {
     let common = ["--layers", layers.as_str(), "--edit-type", "f32"];
     let plain = dir.path().join("plain.gguf");
     let anchored = dir.path().join("anchored.gguf");
-    let s0 = patch(&m, &plain, &[&common[..], &["--anchors", "0"]].concat());
-    let s1 = patch(&m, &anchored, &common); // the default: all 20 paragraphs
+    let s0 = patch(&m, &plain, &common);
+    let s1 = patch(&m, &anchored, &[&common[..], &["--anchors", "20"]].concat());
     assert_eq!(s0["anchor_tokens"], 0);
     let extra = s1["anchor_tokens"].as_u64().unwrap();
     assert!(extra > 200, "{extra} plain-text tokens");

@@ -38,7 +38,6 @@ pub fn run_patch(
     let popts = PatchOptions {
         questions,
         prompt_questions: 0, // the teacher's replies are given for these questions only
-        anchors: 0,          // bake's figures were measured without them
         edit_type: opts.edit_type,
         max_tokens: opts.teacher.max_tokens,
         ..PatchOptions::default()

@@ -90,7 +90,7 @@ pub struct PatchArgs {
     #[arg(long, value_name = "W", help_heading = "Calibration")]
     content_weight: Option<f32>,
     /// also fit N paragraphs of built-in plain text (no chat) with the unchanged model as the
-    /// target, so that text outside a conversation stays as it was; 0 for none [default: 20]
+    /// target, so that text outside a conversation stays as it was (all: 20) [default: 0]
     #[arg(long, value_name = "N", help_heading = "Calibration")]
     anchors: Option<usize>,
     /// write over the input model

@@ -9,9 +9,9 @@ use crate::store::{EditType, Provenance};
 use crate::text::Rendering;
 
 /// Settings of one `patch` run. [`Default`] is the default patch: `down`, sequential, every
-/// layer, the built-in questions and up to 48 built from the prompt, the 20 plain-text
-/// anchors, validated λ, edits in the file's own types with output-aware rounding,
-/// `ffn_down.bias` where the architecture applies one.
+/// layer, the built-in questions and up to 48 built from the prompt, no plain-text anchors,
+/// validated λ, edits in the file's own types with output-aware rounding, `ffn_down.bias`
+/// where the architecture applies one.
 #[derive(Debug, Clone)]
 pub struct PatchOptions {
     /// the method
@@ -80,7 +80,7 @@ impl Default for PatchOptions {
             bias: true,
             renderings: vec![Rendering::Template],
             content_weight: 1.0,
-            anchors: 20,
+            anchors: 0,
         }
     }
 }
@@ -197,7 +197,10 @@ mod tests {
 
     #[test]
     fn anchors_are_fitted_by_the_least_squares_methods_only() {
-        let d = PatchOptions::default();
+        let d = PatchOptions {
+            anchors: 20,
+            ..PatchOptions::default()
+        };
         assert_eq!(d.anchors_used(), 20);
         let many = PatchOptions {
             anchors: 1000,
