@@ -251,11 +251,7 @@ pub fn eval(
 /// Mean KL(base ‖ candidate) per token over the built-in neutral paragraphs.
 fn locality(bctx: &mut Context, cctx: &mut Context) -> Result<(f64, usize)> {
     let (mut total, mut n) = (0f64, 0usize);
-    for para in NEUTRAL
-        .split("\n\n")
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-    {
+    for para in crate::text::paragraphs(NEUTRAL) {
         let toks = bctx.model().tokenize(para, true, false)?;
         let k = toks.len() - 1;
         let a = logprobs_at(bctx, &toks, k)?;

@@ -134,8 +134,7 @@ pub fn patch_with(
         }
     }
     phases.push(("replies".to_string(), t.elapsed().as_secs_f64()));
-    let anchors = crate::text::anchors::paragraphs(opts.anchors_used());
-    let anchor_rows = material::anchors(&model, &anchors)?;
+    let anchor_rows = material::anchors(&model, &opts.anchor_paragraphs())?;
     let anchor_tokens = anchor_rows.iter().map(|p| p.align.len).sum();
     pairs.extend(anchor_rows);
     let tokens: usize = pairs.iter().map(|p| p.align.len).sum();
@@ -313,8 +312,9 @@ fn record(
     if opts.content_weight != 1.0 {
         keys.set("sleep.content_weight", opts.content_weight);
     }
-    if opts.anchors_used() > 0 {
-        keys.set("sleep.anchors", opts.anchors_used() as u32);
+    let anchors = opts.anchor_paragraphs().len();
+    if anchors > 0 {
+        keys.set("sleep.anchors", anchors as u32);
     }
     if opts.method == Method::Sleep {
         keys.set("sleep.beta", opts.beta as f32);

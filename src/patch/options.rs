@@ -144,14 +144,14 @@ impl PatchOptions {
         })
     }
 
-    /// Anchor paragraphs the fit uses: `anchors` (at most as many as are built in) for the
-    /// least-squares methods, none for `sleep` (a correction measured on the prompt alone, not
-    /// fitted on rows).
-    pub fn anchors_used(&self) -> usize {
+    /// Anchor paragraphs the fit uses: the first `anchors` (at most as many as are built in)
+    /// for the least-squares methods, none for `sleep` (a correction measured on the prompt
+    /// alone, not fitted on rows).
+    pub fn anchor_paragraphs(&self) -> Vec<&'static str> {
         if self.method == Method::Sleep {
-            0
+            Vec::new()
         } else {
-            crate::text::anchors::paragraphs(self.anchors).len()
+            crate::text::anchors::paragraphs(self.anchors)
         }
     }
 
@@ -201,18 +201,22 @@ mod tests {
             anchors: 20,
             ..PatchOptions::default()
         };
-        assert_eq!(d.anchors_used(), 20);
+        assert_eq!(d.anchor_paragraphs().len(), 20);
         let many = PatchOptions {
             anchors: 1000,
             ..d.clone()
         };
-        assert_eq!(many.anchors_used(), 20, "as many as are built in");
+        assert_eq!(
+            many.anchor_paragraphs().len(),
+            20,
+            "as many as are built in"
+        );
         let sleep = PatchOptions {
             method: Method::Sleep,
             sequential: false,
             ..d
         };
         assert!(sleep.validate().is_ok());
-        assert_eq!(sleep.anchors_used(), 0);
+        assert_eq!(sleep.anchor_paragraphs().len(), 0);
     }
 }

@@ -7,12 +7,7 @@ pub const ANCHORS: &str = include_str!("../../data/anchors.txt");
 
 /// The first `n` anchor paragraphs (all of them when `n` exceeds their count).
 pub fn paragraphs(n: usize) -> Vec<&'static str> {
-    ANCHORS
-        .split("\n\n")
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .take(n)
-        .collect()
+    super::paragraphs(ANCHORS).take(n).collect()
 }
 
 #[cfg(test)]

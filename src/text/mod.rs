@@ -12,5 +12,5 @@ pub mod questions;
 pub mod rendering;
 
 pub use chat::{ChatFormat, PLAIN_STOP};
-pub use questions::{default_questions, is_validation, lines, HELDOUT};
+pub use questions::{default_questions, is_validation, lines, paragraphs, HELDOUT};
 pub use rendering::Rendering;

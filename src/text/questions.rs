@@ -32,6 +32,11 @@ pub fn about_prompt(system: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Non-empty trimmed paragraphs of a text (separated by blank lines).
+pub fn paragraphs(text: &str) -> impl Iterator<Item = &str> {
+    text.split("\n\n").map(str::trim).filter(|p| !p.is_empty())
+}
+
 /// Non-empty trimmed lines of a text.
 pub fn lines(text: &str) -> Vec<String> {
     text.lines()
