@@ -25,5 +25,6 @@ print(json.dumps({"model": model.rsplit("/", 1)[-1], "args": args,
        if (oc := [t["output_cos"] for t in patch["tensors"] if "output_cos" in t]) and
           (oe := [t["output_error"] for t in patch["tensors"] if "output_error" in t]) else {}),
     "val_rel_error": [round(l["val_rel_error"], 3) for l in patch["layers"] if l.get("val_rel_error") is not None][:40],
+    "lambda": [l["lambda"] for l in patch["layers"] if l.get("lambda") is not None][:40],
     "phases": patch["phases"]}))
 PY

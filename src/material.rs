@@ -103,8 +103,10 @@ pub fn build(
 }
 
 /// Plain-text pairs ([`crate::text::anchors`]): each paragraph tokenized as raw text, the same
-/// tokens on both sides, every row aligned. Fitted like the exchanges, their target is the
-/// base model's own activations: no change outside a conversation.
+/// tokens on both sides, every row but the first aligned. Fitted like the exchanges, their
+/// target is the base model's own activations: no change outside a conversation. The first
+/// position (the BOS, an attention sink whose activations dwarf every other row's) is left
+/// out, as a conversation's first rows are.
 pub fn anchors(model: &Model, paragraphs: &[&str]) -> Result<Vec<Pair>> {
     paragraphs
         .iter()
@@ -115,9 +117,9 @@ pub fn anchors(model: &Model, paragraphs: &[&str]) -> Result<Vec<Pair>> {
                 question: String::new(),
                 prompted: tokens.clone(),
                 align: Alignment {
-                    prompted_start: 0,
-                    unprompted_start: 0,
-                    len: tokens.len(),
+                    prompted_start: 1,
+                    unprompted_start: 1,
+                    len: tokens.len().saturating_sub(1),
                 },
                 unprompted: tokens,
                 rendering: Rendering::Template,

@@ -53,9 +53,10 @@ pub struct PatchArgs {
     /// fit every layer in one pass on the unpatched model (faster, much less faithful)
     #[arg(long, help_heading = "Method")]
     parallel: bool,
-    /// ridge λ relative to the mean feature power: auto (validated) or a number
-    #[arg(long, default_value = "auto", help_heading = "Method")]
-    ridge: String,
+    /// ridge λ relative to the mean feature power: a number, or auto (chosen per layer on a
+    /// validation split) [default: 0.1]
+    #[arg(long, value_name = "auto|λ", help_heading = "Method")]
+    ridge: Option<String>,
     /// storage of edited weight matrices: same (requantize to the original type), q8_0, f16, f32
     #[arg(long, value_enum, default_value_t = EditTypeArg::Same, help_heading = "Storage")]
     edit_type: EditTypeArg,
@@ -90,7 +91,7 @@ pub struct PatchArgs {
     #[arg(long, value_name = "W", help_heading = "Calibration")]
     content_weight: Option<f32>,
     /// also fit N paragraphs of built-in plain text (no chat) with the unchanged model as the
-    /// target, so that text outside a conversation stays as it was (all: 20) [default: 0]
+    /// target, so that text outside a conversation stays as it was; 0 = none [default: all 20]
     #[arg(long, value_name = "N", help_heading = "Calibration")]
     anchors: Option<usize>,
     /// write over the input model
@@ -194,7 +195,12 @@ pub fn run(a: PatchArgs) -> Result<()> {
         layers: a.layers.as_deref().map(parse_layers).transpose()?,
         questions: calibration(&a.calib, a.calib_size)?,
         prompt_questions: a.prompt_questions.unwrap_or(defaults.prompt_questions),
-        lambda: parse_ridge(&a.ridge)?,
+        lambda: a
+            .ridge
+            .as_deref()
+            .map(parse_ridge)
+            .transpose()?
+            .unwrap_or(defaults.lambda),
         edit_type: a.edit_type.into(),
         output_rounding: matches!(a.rounding, RoundingArg::Output),
         alpha: a.alpha,

@@ -238,21 +238,32 @@ impl Ridge {
         let width = self.train.g.nrows();
         // The one scratch matrix every factorisation is made in.
         let mut scratch = Array2::<f32>::zeros((width, width));
-        let (lambda, val_rel_error) = match lambda {
-            Lambda::Fixed(l) => (l, f64::NAN),
-            Lambda::Auto if self.val.n == 0 || self.train.n == 0 => (1e-2, f64::NAN),
-            Lambda::Auto => {
-                let (ct, cv) = if self.m > SKETCH {
+        let scored = self.val.n > 0 && self.train.n > 0;
+        // Scores a λ: fitted on the training rows, its validation error less `Σ‖y‖²` (through
+        // a sketch of the targets when there are many).
+        let mut score = {
+            let (ct, cv) = match (scored, self.m > SKETCH) {
+                (false, _) => (Array2::zeros((0, 0)), Array2::zeros((0, 0))),
+                (true, true) => {
                     let s = sketch(self.m, SKETCH);
                     (self.train.c.dot(&s), self.val.c.dot(&s))
-                } else {
-                    (self.train.c.clone(), self.val.c.clone())
-                };
-                let cv = cv.mapv(f64::from);
-                let mut score = |l: f64| -> Result<f64> {
-                    let w = solve_normal(&self.train.g, &ct, self.d, l * scale, &mut scratch)?;
-                    Ok(self.val.error_less_yy(&w, &cv))
-                };
+                }
+                (true, false) => (self.train.c.clone(), self.val.c.clone()),
+            };
+            let cv = cv.mapv(f64::from);
+            let (train, val, d) = (&self.train, &self.val, self.d);
+            let scratch = &mut scratch;
+            move |l: f64| -> Result<f64> {
+                let w = solve_normal(&train.g, &ct, d, l * scale, scratch)?;
+                Ok(val.error_less_yy(&w, &cv))
+            }
+        };
+        let rel = |e: f64| (e + self.val.yy) / self.val.yy.max(1e-300);
+        let (lambda, val_rel_error) = match lambda {
+            Lambda::Fixed(l) if scored => (l, rel(score(l)?)),
+            Lambda::Fixed(l) => (l, f64::NAN),
+            Lambda::Auto if !scored => (1e-2, f64::NAN),
+            Lambda::Auto => {
                 // Walk the grid from `start` while the validation error falls: the error of a
                 // ridge fit is (near) unimodal in λ, and the walk saves the factorisations an
                 // exhaustive search spends beyond the minimum.
@@ -274,9 +285,10 @@ impl Ridge {
                     }
                     (i, e) = (i + 1, above);
                 }
-                (LAMBDA_GRID[i], (e + self.val.yy) / self.val.yy.max(1e-300))
+                (LAMBDA_GRID[i], rel(e))
             }
         };
+        drop(score);
         let (n_train, n_val) = (self.train.n, self.val.n);
         self.merge();
         let w_full = solve_normal(
@@ -425,6 +437,19 @@ mod tests {
         }
         assert_eq!(nearest_grid_index(0.04), 2);
         assert_eq!(nearest_grid_index(7.0), LAMBDA_GRID.len() - 1);
+    }
+
+    #[test]
+    fn a_fixed_lambda_is_scored_on_the_validation_rows_as_the_search_scores_it() {
+        let r = noisy_linear(30, 3, 90, 0.5, 5, true);
+        let auto = r.clone().solve(Lambda::Auto).unwrap();
+        let fixed = r.clone().solve(Lambda::Fixed(auto.lambda)).unwrap();
+        assert_eq!(fixed.w, auto.w);
+        assert!((fixed.val_rel_error - auto.val_rel_error).abs() < 1e-12);
+        // A λ the search passed over scores worse than the one it chose.
+        let other = LAMBDA_GRID[LAMBDA_GRID.len() - 1];
+        let worse = r.clone().solve(Lambda::Fixed(other)).unwrap();
+        assert!(worse.val_rel_error > auto.val_rel_error, "{worse:?}");
     }
 
     #[test]
