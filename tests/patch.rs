@@ -546,8 +546,8 @@ fn anchors_keep_plain_text_closer_to_the_unpatched_model() {
     let req = Request::new(&[Kind::BlockOut], [l]);
     let out = |model: &Model, toks: &[i32]| -> Vec<f32> {
         let mut ctx = Context::new(model, &opts).unwrap();
-        let m = &capture::run(&mut ctx, toks, &req).unwrap().tensors[&(Kind::BlockOut, l)];
-        m.data[m.cols..].to_vec()
+        let o = &capture::run(&mut ctx, toks, &req).unwrap().tensors[&(Kind::BlockOut, l)];
+        o.data[o.cols..].to_vec()
     };
     let (base, p0, p1) = (
         Model::load(&m).unwrap(),

@@ -10,8 +10,8 @@ use crate::text::Rendering;
 
 /// Settings of one `patch` run. [`Default`] is the default patch: `down`, sequential, every
 /// layer, the built-in questions and up to 48 built from the prompt, every plain-text anchor,
-/// λ 0.1 of the mean feature power, edits in the file's own types with output-aware rounding, `ffn_down.bias`
-/// where the architecture applies one.
+/// λ 0.1 of the mean feature power, edits in the file's own types with output-aware rounding,
+/// `ffn_down.bias` where the architecture applies one.
 #[derive(Debug, Clone)]
 pub struct PatchOptions {
     /// the method
