@@ -4,8 +4,9 @@
 # off): wall time by phase, the prefill bound (--measure-prefill), peak RSS, peak scratch disk
 # beside the output. One line of JSON per model; wall_less_replies_over_prefill leaves out the
 # replies and the prefill measurement itself.
-# Usage: scripts/bench-scale.sh [CASE...]   CASE: qwen3-0.6b, llama3.2-1b, llama3-8b-1layer
-#   (default: all three; llama3-8b-1layer is one layer of an 8B-sized model, --layers 0..1)
+# Usage: scripts/bench-scale.sh [CASE...]   CASE: qwen3-0.6b, llama3.2-1b, llama3-8b-1layer,
+#   llama3.2-1b-2layer (default: the first three; llama3-8b-1layer is one layer of an 8B-sized
+#   model, llama3.2-1b-2layer two layers of a 1B-sized one, for quick comparisons of builds)
 #   BENCH_BINS="old=/tmp/a new=/tmp/b" times each binary on each case's file (default: this tree's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,7 @@ CASES=("$@")
 for c in "${CASES[@]}"; do
     case $c in
         llama3-8b-1layer) preset=llama3-8b; layers=1 ;;
+        llama3.2-1b-2layer) preset=llama3.2-1b; layers=2 ;;
         *) preset=$c; layers= ;;
     esac
     model=$WORK/$c.gguf

@@ -495,3 +495,107 @@ fn a_layer_run_alone_reproduces_the_full_model() {
         }
     }
 }
+
+/// The closed-form advance (`patch::advance`) of a layer whose `ffn_down` changed (requantized
+/// in the file's type, with a new bias) gives the stream that llama.cpp's run of the patched
+/// layer gives: its change of the block output agrees with the run's to within llama.cpp's
+/// 8-bit rounding of the MLP input, and closer once the inputs are rounded the same way.
+#[test]
+fn closed_form_advance_matches_the_patched_layer_run() {
+    use gguf_sleep::patch::advance::{Inputs, StoredChange};
+    use gguf_sleep::store::{to_gguf_edits, Change, Delta, EditType};
+    let path = util::smollm2();
+    let model = Model::load(&path).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let info = model.info().clone();
+    let tokens = conversation(&model);
+    let opts = ContextOptions {
+        capture: true,
+        ..Default::default()
+    };
+    let l = 9;
+    let mut req = Request::new(&[Kind::BlockOut], [l - 1]);
+    req.stop_early = true;
+    let stream = {
+        let mut ctx = Context::new(&model, &opts).unwrap();
+        capture::run(&mut ctx, &tokens, &req).unwrap().tensors[&(Kind::BlockOut, l - 1)].clone()
+    };
+    let kinds = [Kind::MlpHidden, Kind::BlockOut];
+    let mut req0 = Request::new(&kinds, [0]);
+    req0.stop_early = true;
+    let dir = tempfile::tempdir().unwrap();
+    let run_layer = |edits: &gguf::Edits, name: &str| {
+        let out = dir.path().join(name);
+        gguf_sleep::patch::slice::write_layer(&file, l, edits, &out).unwrap();
+        let single = Model::load(&out).unwrap();
+        let mut ctx = Context::new(&single, &opts).unwrap();
+        capture::run_embeddings(&mut ctx, &stream, &req0)
+            .unwrap()
+            .tensors
+    };
+    let before = run_layer(&gguf::Edits::new(), "plain.gguf");
+    // A change of a tenth of the weights' scale (uniform, ±0.1 rms), and a bias.
+    let w = format!("blk.{l}.ffn_down.weight");
+    let t = file.header().tensor(&w).unwrap();
+    let orig = dequantize(t.ggml_type, file.tensor_data(t), t.n_elements()).unwrap();
+    let rms = (orig.iter().map(|v| v * v).sum::<f32>() / orig.len() as f32).sqrt();
+    let mut seed = 7u64;
+    let delta: Vec<f32> = orig
+        .iter()
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            0.2 * rms * ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5)
+        })
+        .collect();
+    let deltas = [
+        Delta::Matrix {
+            tensor: w.clone(),
+            delta: Change::Dense(delta),
+            importance: None,
+            hessian: None,
+        },
+        Delta::Bias {
+            tensor: format!("blk.{l}.ffn_down.bias"),
+            after: w.clone(),
+            values: (0..info.n_embd).map(|i| 0.01 * (i % 7) as f32).collect(),
+        },
+    ];
+    let (edits, _) = to_gguf_edits(&file, &deltas, 1.0, EditType::Same).unwrap();
+    let after = run_layer(&edits, "patched.gguf");
+    let change = StoredChange::of(&file, &edits, l).unwrap();
+    let mut closed = before[&(Kind::BlockOut, 0)].clone();
+    change
+        .advance(&mut closed, &before[&(Kind::MlpHidden, 0)])
+        .unwrap();
+    // As the patch does it: the inputs through the disk, in 8-bit blocks.
+    let mut via_disk = vec![before[&(Kind::BlockOut, 0)].clone()];
+    let mut inputs = Inputs::create(&dir.path().join("h")).unwrap();
+    inputs.push(&before[&(Kind::MlpHidden, 0)]).unwrap();
+    inputs.advance(&change, &mut via_disk).unwrap();
+    let sub = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f32>>();
+    let plain = &before[&(Kind::BlockOut, 0)].data;
+    let run_change = sub(&after[&(Kind::BlockOut, 0)].data, plain);
+    let closed_change = sub(&closed.data, plain);
+    let e = rel_err(&closed_change, &run_change);
+    let e_all = rel_err(&closed.data, &after[&(Kind::BlockOut, 0)].data);
+    let e_disk = rel_err(&sub(&via_disk[0].data, plain), &run_change);
+    eprintln!(
+        "closed-form advance: the change's relative error {e:.2e} ({e_disk:.2e} through the disk), the output's {e_all:.2e}"
+    );
+    assert!(
+        e < 0.02,
+        "the change of the block output: relative error {e}"
+    );
+    // Rounded to 8 bits on the way, the inputs are what llama.cpp multiplies: closer still.
+    assert!(
+        e_disk < 2e-3,
+        "the change through the disk: relative error {e_disk}"
+    );
+    assert!(e_all < 1e-3, "the block output: relative error {e_all}");
+    // An edit of another tensor of the layer has no closed form here.
+    let mut other = edits.clone();
+    other.replace_tensor(format!("blk.{l}.ffn_up.weight"), GgmlType::F32, vec![]);
+    assert!(StoredChange::of(&file, &other, l).is_err());
+}

@@ -9,8 +9,10 @@
 //!
 //! Files: [`options`] (what a run is asked), [`facts`] (what it reads of the model), [`fit`]
 //! (what the modes share), [`ridge`] (the least-squares solve), [`slice`] (one layer cut out
-//! into a file), [`spill`] (captured rows on disk), [`report`] (what a run says it did).
+//! into a file), [`advance`] (the stream past a fitted layer in closed form), [`spill`]
+//! (captured rows on disk), [`report`] (what a run says it did).
 
+pub mod advance;
 pub mod facts;
 pub mod fit;
 pub mod method;

@@ -9,12 +9,15 @@
 //! layer before it), and layer l, cut out into a file of its own ([`super::slice`]), runs on
 //! it once unpatched (the activations the fit needs) and once patched, as stored (the stream
 //! entering layer l+1). Two one-layer passes per layer instead of `L²/2` layer passes, and no
-//! copy of the whole model on disk.
+//! copy of the whole model on disk. Where the edit's effect on the stream has a closed form
+//! ([`super::advance`]: `down` on a family without a norm after the MLP), the second pass is
+//! that arithmetic instead. Each layer's prompted rows leave the disk once read.
 
 use anyhow::{Context as _, Result};
 use std::path::Path;
 use std::time::Instant;
 
+use super::advance;
 use super::facts::Arch;
 use super::fit::{slice_rows, slice_rows_of, solve_layer, Fitted, Progress};
 use super::method::{self, Rows, Weights};
@@ -62,7 +65,7 @@ impl Run<'_> {
         let work = output::scratch_dir(work_dir, output::Scratch::Seq)?;
         let t = Instant::now();
         let (pk, _) = method::kinds(self.opts.method, self.arch);
-        let prompted = capture_prompted(
+        let mut prompted = capture_prompted(
             self.input,
             self.teacher,
             self.copts,
@@ -73,10 +76,10 @@ impl Run<'_> {
             progress,
         )?;
         phases.push(("capture prompted".to_string(), t.elapsed().as_secs_f64()));
-        let by = ByLayer {
+        let mut by = ByLayer {
             run: self,
             work: work.path(),
-            prompted: &prompted,
+            prompted: &mut prompted,
         };
         by.fit(layers, phases, progress)
     }
@@ -124,7 +127,7 @@ fn capture_prompted(
 struct ByLayer<'a> {
     run: &'a Run<'a>,
     work: &'a Path,
-    prompted: &'a Spill,
+    prompted: &'a mut Spill,
 }
 
 impl ByLayer<'_> {
@@ -157,12 +160,13 @@ impl ByLayer<'_> {
 
     /// Each layer fitted, then run alone on the kept residual stream.
     fn fit(
-        &self,
+        &mut self,
         layers: &[usize],
         phases: &mut Vec<(String, f64)>,
         progress: Progress,
     ) -> Result<(Fitted, Vec<LayerReport>)> {
         let (_, uk) = method::kinds(self.run.opts.method, self.run.arch);
+        let closed_form = advance::applies(self.run.opts.method, self.run.arch);
         let layer_file = self.work.join("layer.gguf");
         // The residual stream entering the layer being fitted, per conversation, every token.
         let mut stream = self.first_inputs(layers[0])?;
@@ -172,20 +176,35 @@ impl ByLayer<'_> {
         for (n, &l) in layers.iter().enumerate() {
             let t = Instant::now();
             let mut prob = method::problem(self.run.opts.method, self.run.arch);
+            // With the closed-form advance, every token's `ffn_down` inputs, kept to the end of
+            // the layer, and the stream already the unpatched layer's output.
+            let mut inputs = (closed_form && n + 1 < layers.len())
+                .then(|| advance::Inputs::create(&self.work.join("mlp-inputs")))
+                .transpose()?;
             {
                 // The prompted rows are in `prob` once added: not held through the solve.
-                let targets = self.prompted.layer(l)?;
+                let targets = self.prompted.take_layer(l)?;
                 slice::write_layer(self.run.src, l, &gguf::Edits::new(), &layer_file)?;
                 let model = Model::load(&layer_file)?;
                 let mut req = Request::new(&uk, [0]);
                 req.stop_early = true;
                 let mut ctx = Context::new(&model, self.run.copts)?;
-                for (i, x) in stream.iter().enumerate() {
+                for (i, x) in stream.iter_mut().enumerate() {
                     let rows: Rows = capture::run_embeddings(&mut ctx, x, &req)?
                         .tensors
                         .into_iter()
                         .map(|((k, _), m)| ((k, l), m))
                         .collect();
+                    if let Some(inputs) = &mut inputs {
+                        let (Some(h), Some(o)) = (
+                            rows.get(&(Kind::MlpHidden, l)),
+                            rows.get(&(Kind::BlockOut, l)),
+                        ) else {
+                            anyhow::bail!("llama.cpp returned no MLP input or block output");
+                        };
+                        inputs.push(h)?;
+                        *x = o.clone();
+                    }
                     self.add(&mut prob, &targets, i, l, rows)?;
                 }
             }
@@ -215,9 +234,14 @@ impl ByLayer<'_> {
                     full = store::to_gguf_edits(self.run.src, &d, 1.0, self.run.opts.edit_type)?.0;
                     &full
                 };
-                slice::write_layer(self.run.src, l, edits, &layer_file)?;
-                let model = Model::load(&layer_file)?;
-                self.block_outputs(&model, 0, Some(&mut stream))?;
+                if let Some(inputs) = inputs.take() {
+                    let change = advance::StoredChange::of(self.run.src, edits, l)?;
+                    inputs.advance(&change, &mut stream)?;
+                } else {
+                    slice::write_layer(self.run.src, l, edits, &layer_file)?;
+                    let model = Model::load(&layer_file)?;
+                    self.block_outputs(&model, 0, Some(&mut stream))?;
+                }
             }
             t_update += t.elapsed().as_secs_f64();
             // The input's pages this layer read (its weights, the slice's shared tensors) are

@@ -88,6 +88,25 @@ impl Spill {
         Ok(())
     }
 
+    /// Every conversation's rows of `layer`, in push order; their files are removed (a
+    /// sequential fit reads each layer once, so the spill shrinks as the fit goes on).
+    pub fn take_layer(&mut self, layer: usize) -> Result<Vec<Rows>> {
+        let out = self.layer(layer)?;
+        let keys: Vec<(Kind, usize)> = self
+            .files
+            .keys()
+            .filter(|k| k.1 == layer)
+            .copied()
+            .collect();
+        for k in keys {
+            self.files.remove(&k);
+            let path = self.path(k.0, k.1);
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        Ok(out)
+    }
+
     /// Every conversation's rows of `layer`, in push order.
     pub fn layer(&self, layer: usize) -> Result<Vec<Rows>> {
         let mut out: Vec<Rows> = vec![Rows::new(); self.rows.len()];
@@ -198,6 +217,14 @@ mod tests {
             assert_eq!(got[&(Kind::BlockOut, 1)], want[&(Kind::BlockOut, 1)]);
         }
         assert!(s.layer(7).unwrap().iter().all(|r| r.is_empty()));
+        // Taken, a layer's files are gone; the other layer's stay.
+        assert_eq!(s.take_layer(1).unwrap(), l1);
+        assert!(!dir.path().join("BlockOut-1.f16").exists());
+        assert!(s.take_layer(1).unwrap().iter().all(|r| r.is_empty()));
+        assert_eq!(
+            s.layer(0).unwrap()[1][&(Kind::BlockOut, 0)],
+            convs[1][&(Kind::BlockOut, 0)]
+        );
     }
 
     #[test]
