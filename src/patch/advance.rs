@@ -53,17 +53,12 @@ impl StoredChange {
         let mut db = None;
         for r in edits.replacements() {
             if r.name == weight {
-                let new = dequantize(r.ggml_type, &r.data, info.n_elements())?;
-                let old = dequantize(info.ggml_type, src.tensor_data(info), info.n_elements())?;
-                c = Array2::from_shape_vec((ne1, ne0), new)?;
-                c.iter_mut().zip(&old).for_each(|(n, o)| *n -= o);
+                c = Array2::from_shape_vec((ne1, ne0), replaced_minus_original(src, info, r)?)?;
             } else if r.name == bias {
                 let b = h
                     .tensor(&bias)
                     .with_context(|| format!("the model has no tensor {bias}"))?;
-                let new = dequantize(r.ggml_type, &r.data, b.n_elements())?;
-                let old = dequantize(b.ggml_type, src.tensor_data(b), b.n_elements())?;
-                db = Some(new.iter().zip(&old).map(|(n, o)| n - o).collect());
+                db = Some(replaced_minus_original(src, b, r)?);
             } else if r.name.starts_with(&layer) {
                 bail!("closed-form advance: layer {l} also edits {}", r.name);
             }
@@ -119,6 +114,18 @@ impl StoredChange {
         }
         Ok(())
     }
+}
+
+/// A replaced tensor's stored values less the original's, both dequantized.
+fn replaced_minus_original(
+    src: &gguf::GgufFile,
+    info: &gguf::TensorInfo,
+    r: &gguf::Replacement,
+) -> Result<Vec<f32>> {
+    let mut new = dequantize(r.ggml_type, &r.data, info.n_elements())?;
+    let old = dequantize(info.ggml_type, src.tensor_data(info), info.n_elements())?;
+    new.iter_mut().zip(&old).for_each(|(n, o)| *n -= o);
+    Ok(new)
 }
 
 /// A layer's `ffn_down` inputs for every conversation, in capture order, kept on disk until
