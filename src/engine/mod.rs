@@ -9,6 +9,7 @@
 mod adapter;
 mod backend;
 mod batch;
+pub mod blas;
 mod codec;
 mod context;
 mod model;

@@ -10,9 +10,7 @@
 
 use anyhow::{bail, Context as _, Result};
 use gguf::GgmlType;
-use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayView2, Axis};
-use rayon::prelude::*;
+use ndarray::{Array2, ArrayView2};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -20,7 +18,7 @@ use std::path::{Path, PathBuf};
 use super::facts::Arch;
 use super::method::Method;
 use crate::capture::Matrix;
-use crate::engine::{dequantize, quantize};
+use crate::engine::{self, dequantize, quantize};
 
 /// Whether a layer fitted by `method` on `arch` can be advanced in closed form.
 pub fn applies(method: Method, arch: &Arch) -> bool {
@@ -95,18 +93,8 @@ impl StoredChange {
         );
         let hv = ArrayView2::from_shape((h.rows, f), &h.data)?;
         let mut ov = ndarray::ArrayViewMut2::from_shape((out.rows, d), &mut out.data)?;
-        // Row blocks of the tokens in parallel, each one product `h_blk · Cᵀ` added in place.
-        let blk = out
-            .rows
-            .div_ceil(rayon::current_num_threads().max(1))
-            .max(1);
-        let blocks: Vec<_> = ov
-            .axis_chunks_iter_mut(Axis(0), blk)
-            .zip(hv.axis_chunks_iter(Axis(0), blk))
-            .collect();
-        blocks
-            .into_par_iter()
-            .for_each(|(mut o, hb)| general_mat_mul(1.0, &hb, &self.c.t(), 1.0, &mut o));
+        // One product `h · Cᵀ` added in place (OpenBLAS's own threads).
+        engine::blas::gemm_f32(1.0, hv, self.c.t(), ov.view_mut())?;
         if let Some(b) = &self.bias {
             for row in out.data.chunks_exact_mut(d) {
                 row.iter_mut().zip(b).for_each(|(o, c)| *o += c);

@@ -5,6 +5,8 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
+use crate::engine;
+
 /// Normal equations of one split.
 #[derive(Debug, Clone)]
 pub(super) struct Normal {
@@ -30,9 +32,11 @@ impl Normal {
 
     pub(super) fn add_block(&mut self, x: &Array2<f32>, y: &Array2<f32>) {
         let width = x.ncols();
-        // One block's products in f32 (matrixmultiply), summed in f32. Only the Gram's
-        // upper block triangle is formed ([`Normal::mirror`] fills in the rest); each band of
-        // rows (its tiles right of the diagonal and its rows of `XᵀY`) is one parallel task.
+        // One block's products in f32, summed in f32. Only the Gram's upper block triangle is
+        // formed ([`Normal::mirror`] fills in the rest); each band of rows (its tiles right of
+        // the diagonal and its rows of `XᵀY`) is one task on rayon's threads, each an OpenBLAS
+        // product on one thread: OpenBLAS's own threads would spin between these calls beside
+        // llama.cpp's, which run between blocks.
         let band = width.div_ceil(GRAM_BANDS).max(1);
         let bands: Vec<(usize, ArrayViewMut2<f32>, ArrayViewMut2<f32>)> = self
             .g
@@ -41,16 +45,15 @@ impl Normal {
             .enumerate()
             .map(|(i, (g, c))| (i * band, g, c))
             .collect();
-        bands.into_par_iter().for_each(|(r0, mut g, mut c)| {
-            let xi = x.slice(s![.., r0..r0 + g.nrows()]);
-            general_mat_mul(
-                1.0,
-                &xi.t(),
-                &x.slice(s![.., r0..]),
-                1.0,
-                &mut g.slice_mut(s![.., r0..]),
-            );
-            general_mat_mul(1.0, &xi.t(), y, 1.0, &mut c);
+        engine::with_single_threaded_lapack(|| {
+            bands.into_par_iter().for_each(|(r0, mut g, c)| {
+                let xi = x.slice(s![.., r0..r0 + g.nrows()]);
+                // Shapes agree by construction; every operand is row-major or its transpose.
+                let tiles = g.slice_mut(s![.., r0..]);
+                engine::blas::gemm_f32(1.0, xi.t(), x.slice(s![.., r0..]), tiles)
+                    .and_then(|()| engine::blas::gemm_f32(1.0, xi.t(), y.view(), c))
+                    .expect("row-major operands");
+            })
         });
         self.yy += y.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
         self.n += x.nrows();
