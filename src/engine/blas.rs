@@ -46,23 +46,23 @@ struct Operand {
     ld: c_int,
 }
 
-/// How `a` (`r × c`) is laid out: row-major with unit column stride (`NO_TRANS`, ld = row
-/// stride) or the transpose of such a matrix (`TRANS`, ld = column stride).
+/// How `a` (`r × c`, not empty) is laid out: row-major with unit column stride (`NO_TRANS`,
+/// ld = its row stride) or the transpose of such a matrix (`TRANS`, ld = its column stride);
+/// rows that overlap (a broadcast view) or run backwards are refused.
 fn operand<T>(a: &ArrayView2<T>) -> Result<Operand, BlasError> {
     let (r, c) = a.dim();
     let [s0, s1] = [a.strides()[0], a.strides()[1]];
-    let (trans, ld) = if s1 == 1 || c <= 1 {
-        (NO_TRANS, s0.max(c as isize))
-    } else if s0 == 1 || r <= 1 {
-        (TRANS, s1.max(r as isize))
+    let (trans, ld, inner) = if s1 == 1 || c == 1 {
+        (NO_TRANS, if r > 1 { s0 } else { c as isize }, c)
+    } else if s0 == 1 || r == 1 {
+        (TRANS, if c > 1 { s1 } else { r as isize }, r)
     } else {
         return Err(BlasError(
             "matrix in neither row-major order nor its transpose",
         ));
     };
-    let ld = usize::try_from(ld).map_err(|_| BlasError("negative stride"))?;
-    let inner = if trans == NO_TRANS { c } else { r };
-    if ld < inner.max(1) {
+    let ld = usize::try_from(ld).map_err(|_| BlasError("rows run backwards"))?;
+    if ld < inner {
         return Err(BlasError("rows overlap"));
     }
     Ok(Operand {
@@ -71,71 +71,58 @@ fn operand<T>(a: &ArrayView2<T>) -> Result<Operand, BlasError> {
     })
 }
 
-macro_rules! gemm {
-    ($name:ident, $t:ty, $blas:ident, $doc:literal) => {
-        #[doc = $doc]
-        pub fn $name(
-            beta: $t,
-            a: ArrayView2<$t>,
-            b: ArrayView2<$t>,
-            mut c: ArrayViewMut2<$t>,
-        ) -> Result<(), BlasError> {
-            let (m, k) = a.dim();
-            let n = b.ncols();
-            if b.nrows() != k || c.dim() != (m, n) {
-                return Err(BlasError("shapes of the product do not agree"));
-            }
-            let (oa, ob) = (operand(&a)?, operand(&b)?);
-            let (mi, ni, ki) = (dim(m)?, dim(n)?, dim(k)?);
-            // `c` in row-major order, rows possibly apart (a block of a larger matrix).
-            let [r0, r1] = [c.strides()[0], c.strides()[1]];
-            if !(r1 == 1 || n <= 1) || r0 < n as isize && m > 1 {
-                return Err(BlasError("product not in row-major order"));
-            }
-            let ldc = dim(r0.max(n as isize).max(1) as usize)?;
-            if m == 0 || n == 0 {
-                return Ok(());
-            }
-            if k == 0 {
-                c.map_inplace(|v| *v *= beta);
-                return Ok(());
-            }
-            let (pa, pb) = (a.as_ptr(), b.as_ptr());
-            // SAFETY: `operand` checked that each of `a` and `b` is a row-major matrix or the
-            // transpose of one with non-negative strides, whose leading dimension is its row
-            // (or column) stride and at least its inner extent, so BLAS reads exactly the
-            // view's elements; `c` is row-major m×n with rows `ldc ≥ n` apart, so BLAS writes
-            // exactly its elements, borrowed mutably for the call only; every dimension fits
-            // in c_int.
-            unsafe {
-                $blas(
-                    ROW_MAJOR,
-                    oa.trans,
-                    ob.trans,
-                    mi,
-                    ni,
-                    ki,
-                    1.0,
-                    pa,
-                    oa.ld,
-                    pb,
-                    ob.ld,
-                    beta,
-                    c.as_mut_ptr(),
-                    ldc,
-                )
-            };
-            Ok(())
-        }
+/// `C = β·C + A·B` in f32: `a` `m × k`, `b` `k × n` (each row-major or a transposed view, as
+/// `x.t()` gives), `c` `m × n` row-major (its rows may be apart: a block of a larger matrix).
+pub fn gemm_f32(
+    beta: f32,
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    mut c: ArrayViewMut2<f32>,
+) -> Result<(), BlasError> {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    if b.nrows() != k || c.dim() != (m, n) {
+        return Err(BlasError("shapes of the product do not agree"));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        c.map_inplace(|v| *v *= beta);
+        return Ok(());
+    }
+    let (oa, ob) = (operand(&a)?, operand(&b)?);
+    let (mi, ni, ki) = (dim(m)?, dim(n)?, dim(k)?);
+    let [r0, r1] = [c.strides()[0], c.strides()[1]];
+    if !(r1 == 1 || n == 1) || (m > 1 && r0 < n as isize) {
+        return Err(BlasError("product not in row-major order"));
+    }
+    let ldc = dim(if m > 1 { r0 as usize } else { n })?;
+    // SAFETY: `operand` checked that each of `a` and `b` is a non-empty row-major matrix or
+    // the transpose of one, rows not overlapping and not backwards, its leading dimension its
+    // row (or column) stride, so BLAS reads exactly the view's elements; `c` is row-major m×n
+    // with rows `ldc ≥ n` apart, so BLAS writes exactly its elements, borrowed mutably for the
+    // call only; every dimension fits in c_int.
+    unsafe {
+        cblas_sgemm(
+            ROW_MAJOR,
+            oa.trans,
+            ob.trans,
+            mi,
+            ni,
+            ki,
+            1.0,
+            a.as_ptr(),
+            oa.ld,
+            b.as_ptr(),
+            ob.ld,
+            beta,
+            c.as_mut_ptr(),
+            ldc,
+        )
     };
+    Ok(())
 }
-
-gemm!(
-    gemm_f32,
-    f32,
-    cblas_sgemm,
-    "`C = β·C + A·B` in f32: `a` `m × k`, `b` `k × n` (each row-major or a transposed view), `c` `m × n` row-major (rows may be apart)."
-);
 
 #[cfg(test)]
 mod tests {
@@ -184,19 +171,17 @@ mod tests {
     }
 
     #[test]
-    fn mismatched_or_strided_matrices_are_refused() {
+    fn mismatched_strided_or_broadcast_matrices_are_refused() {
         let x = matrix(8, 4, 3);
         let mut c = Array2::zeros((4, 3));
         assert!(gemm_f32(0.0, x.t(), matrix(7, 3, 4).view(), c.view_mut()).is_err());
         // every other row and column: neither layout BLAS takes
-        let mut c = Array2::zeros((4, 3));
         let y = matrix(8, 6, 5);
-        assert!(gemm_f32(
-            0.0,
-            y.slice(s![..;2, ..;2]),
-            matrix(3, 3, 6).view(),
-            c.view_mut()
-        )
-        .is_err());
+        let every_other = y.slice(s![..;2, ..;2]);
+        assert!(gemm_f32(0.0, every_other, matrix(3, 3, 6).view(), c.view_mut()).is_err());
+        // a broadcast row: every row the same memory
+        let row = matrix(1, 3, 7);
+        let bcast = row.broadcast((4, 3)).unwrap();
+        assert!(gemm_f32(0.0, bcast, matrix(3, 3, 8).view(), c.view_mut()).is_err());
     }
 }
