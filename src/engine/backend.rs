@@ -89,9 +89,10 @@ unsafe extern "C" {
     fn openblas_set_num_threads(n: std::os::raw::c_int);
 }
 
-/// Run `f` with LAPACK (OpenBLAS, which ndarray-linalg's solves use) on one thread per call,
-/// so that the caller can solve independent systems on several threads at once: on 1.5k-wide
-/// factorisations OpenBLAS's own threads gain under a tenth and spin while they wait.
+/// Run `f` with OpenBLAS (ndarray-linalg's LAPACK solves, [`super::blas`]'s products) on one
+/// thread per call, so that the caller can run independent calls on several threads at once:
+/// on 1.5k-wide factorisations OpenBLAS's own threads gain under a tenth, and between the
+/// Gram's products they spin beside llama.cpp's while they wait.
 pub fn with_single_threaded_lapack<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: OpenBLAS's documented thread-count getter and setter; any count ≥ 1 is valid.
     let n = unsafe { openblas_get_num_threads() };

@@ -92,9 +92,9 @@ impl StoredChange {
             h.cols
         );
         let hv = ArrayView2::from_shape((h.rows, f), &h.data)?;
-        let mut ov = ndarray::ArrayViewMut2::from_shape((out.rows, d), &mut out.data)?;
+        let ov = ndarray::ArrayViewMut2::from_shape((out.rows, d), &mut out.data)?;
         // One product `h · Cᵀ` added in place (OpenBLAS's own threads).
-        engine::blas::gemm_f32(1.0, hv, self.c.t(), ov.view_mut())?;
+        engine::blas::gemm_f32(1.0, hv, self.c.t(), ov)?;
         if let Some(b) = &self.bias {
             for row in out.data.chunks_exact_mut(d) {
                 row.iter_mut().zip(b).for_each(|(o, c)| *o += c);
