@@ -7,7 +7,8 @@
 //! freed memory in the process (what parallel-mode `patch` does); `--at-once N` solves N copies
 //! of the problem at once on rayon's threads with single-threaded LAPACK and reports the time
 //! per problem; `--dims` sets the features, targets and rows (e.g. `8192,2048,17000` for a
-//! Llama-3.2-1B-sized layer); `--rounds` how often the solve is timed (3). OpenBLAS's own
+//! Llama-3.2-1B-sized layer); `--rounds` how often the solve is timed (3); `--lambda L` a fixed λ (patch's default is 0.1)
+//! instead of the validated search. OpenBLAS's own
 //! threads follow `OPENBLAS_NUM_THREADS`.
 
 use gguf_sleep::engine;
@@ -35,6 +36,14 @@ fn main() {
         std::process::exit(2);
     };
     let rounds: usize = value("--rounds").and_then(|v| v.parse().ok()).unwrap_or(3);
+    let lambda = match value("--lambda").map(|v| v.parse::<f64>()) {
+        None => Lambda::Auto,
+        Some(Ok(l)) => Lambda::Fixed(l),
+        Some(Err(_)) => {
+            eprintln!("bench_solve: --lambda takes a number (relative to tr(G)/d)");
+            std::process::exit(2);
+        }
+    };
     let mut state = 1u64;
     let mut next = || {
         state = state
@@ -61,13 +70,13 @@ fn main() {
         let lambdas: Vec<f64> = if at_once == 1 {
             copies
                 .into_iter()
-                .map(|mut p| p.solve(Lambda::Auto).expect("solve").lambda)
+                .map(|mut p| p.solve(lambda).expect("solve").lambda)
                 .collect()
         } else {
             engine::with_single_threaded_lapack(|| {
                 copies
                     .into_par_iter()
-                    .map(|mut p| p.solve(Lambda::Auto).expect("solve").lambda)
+                    .map(|mut p| p.solve(lambda).expect("solve").lambda)
                     .collect()
             })
         };

@@ -116,3 +116,19 @@ pub fn retain_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
+
+/// Return freed memory to the system (glibc `mallopt`): blocks of 4 MiB and more are mapped on
+/// their own and unmapped when freed, and free space of that size at a heap's top is trimmed.
+/// glibc's default raises its mapping threshold to the largest block freed so far (up to 32
+/// MiB), after which the sequential patch's per-band buffers stay in the threads' heaps: ~0.17
+/// GB of a Llama-3.2-1B-sized layer's peak. A lower threshold (128 KiB) took 0.25 GB off but
+/// made SmolLM2's capture a quarter slower (every conversation's buffers freshly mapped and
+/// zeroed); 4 MiB costs it ~4%.
+pub fn return_freed_memory() {
+    // SAFETY: mallopt only changes allocator thresholds; any values are valid.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
+    }
+}

@@ -17,8 +17,8 @@ mod quantize;
 
 pub use adapter::LoraAdapter;
 pub use backend::{
-    default_threads, retain_freed_memory, set_ctx_size, set_gpu_layers, set_threads,
-    with_single_threaded_lapack,
+    default_threads, retain_freed_memory, return_freed_memory, set_ctx_size, set_gpu_layers,
+    set_threads, with_single_threaded_lapack,
 };
 pub use batch::Batch;
 pub use codec::{dequantize, quantize, quantize_requires_imatrix, CodecError};

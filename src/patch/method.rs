@@ -212,9 +212,9 @@ pub fn deltas(
     search: bool,
     weights: &dyn Weights,
 ) -> Result<Vec<Delta>> {
-    let b: Vec<f32> = sol.b.iter().map(|&v| v as f32).collect();
+    let b: Vec<f32> = sol.b.to_vec();
     let bias_nonzero = b.iter().any(|&v| v != 0.0);
-    let m = sol.w.mapv(|v| v as f32); // d × m
+    let m = &sol.w; // d × m
     let (gram, val) = grams;
     let with_intercept = gram.nrows() > m.nrows();
     let hessian = |bias| {

@@ -63,6 +63,8 @@ impl Run<'_> {
         progress: Progress,
     ) -> Result<(Fitted, Vec<LayerReport>)> {
         let work = output::scratch_dir(work_dir, output::Scratch::Seq)?;
+        // Memory is the limit at size: each layer's large buffers go back when freed.
+        crate::engine::return_freed_memory();
         let t = Instant::now();
         let (pk, _) = method::kinds(self.opts.method, self.arch);
         let mut prompted = capture_prompted(

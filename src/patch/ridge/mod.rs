@@ -65,10 +65,10 @@ pub enum Lambda {
 /// A solved problem.
 #[derive(Debug, Clone)]
 pub struct Solution {
-    /// `d × m` weights
-    pub w: Array2<f64>,
+    /// `d × m` weights (worked out in f64, kept in f32: see the solve)
+    pub w: Array2<f32>,
     /// `m` intercept (zero without one)
-    pub b: Array1<f64>,
+    pub b: Array1<f32>,
     /// λ relative to `tr(G)/d`
     pub lambda: f64,
     /// validation error relative to the error of predicting zero (1 = no better than nothing);
@@ -255,7 +255,7 @@ impl Ridge {
             let scratch = &mut scratch;
             move |l: f64| -> Result<f64> {
                 let w = solve_normal(&train.g, &ct, d, l * scale, scratch)?;
-                Ok(val.error_less_yy(&w, &cv))
+                Ok(val.error_less_yy(&w.mapv(f64::from), &cv))
             }
         };
         let rel = |e: f64| (e + self.val.yy) / self.val.yy.max(1e-300);
@@ -340,11 +340,11 @@ mod tests {
         let sol = r.solve(Lambda::Fixed(1e-8)).unwrap();
         for k in 0..d {
             for j in 0..m {
-                assert!((sol.w[[k, j]] - w[k * m + j] as f64).abs() < 1e-4);
+                assert!((sol.w[[k, j]] - w[k * m + j]).abs() < 1e-4);
             }
         }
         for (got, want) in sol.b.iter().zip(b) {
-            assert!((got - want as f64).abs() < 1e-4);
+            assert!((got - want).abs() < 1e-4);
         }
     }
 
@@ -372,14 +372,14 @@ mod tests {
             weighted.solve(Lambda::Fixed(1e-3)).unwrap(),
             repeated.solve(Lambda::Fixed(1e-3)).unwrap(),
         );
-        let err = (&a.w - &b.w).mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v));
+        let err = (&a.w - &b.w).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
         assert!(
             err < 1e-4,
             "weighted and repeated solutions differ by {err}"
         );
         // and the weight matters: counted once, the solution is another
         let c = once.solve(Lambda::Fixed(1e-3)).unwrap();
-        let diff = (&a.w - &c.w).mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v));
+        let diff = (&a.w - &c.w).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
         assert!(diff > 1e-3, "weights changed nothing ({diff})");
     }
 
@@ -465,7 +465,7 @@ mod tests {
         let extra = |l: f64| ridge_diagonal(&r.train.g, d, l * scale);
         let exact = |l: f64| {
             let w = solve_normal_f64(&r.train.g, &r.train.c, &extra(l)).unwrap();
-            (r.val.error_less_yy(&w, &cv) + r.val.yy) / r.val.yy
+            (r.val.error_less_yy(&w.mapv(f64::from), &cv) + r.val.yy) / r.val.yy
         };
         let best = LAMBDA_GRID
             .iter()
@@ -543,8 +543,8 @@ mod tests {
         });
         for (a, b) in one_by_one.iter().zip(&at_once) {
             assert_eq!(a.lambda, b.lambda);
-            let scale = a.w.iter().map(|v| v.abs()).fold(0.0, f64::max);
-            let diff = (&a.w - &b.w).iter().map(|v| v.abs()).fold(0.0, f64::max);
+            let scale = a.w.iter().map(|v| v.abs()).fold(0.0, f32::max);
+            let diff = (&a.w - &b.w).iter().map(|v| v.abs()).fold(0.0, f32::max);
             // The f32 factor's answer is kept here (well conditioned): the two LAPACK thread
             // counts sum in other orders, to f32's precision.
             assert!(
