@@ -7,9 +7,9 @@
 //! freed memory in the process (what parallel-mode `patch` does); `--at-once N` solves N copies
 //! of the problem at once on rayon's threads with single-threaded LAPACK and reports the time
 //! per problem; `--dims` sets the features, targets and rows (e.g. `8192,2048,17000` for a
-//! Llama-3.2-1B-sized layer); `--rounds` how often the solve is timed (3); `--lambda L` a fixed λ (patch's default is 0.1)
-//! instead of the validated search. OpenBLAS's own
-//! threads follow `OPENBLAS_NUM_THREADS`.
+//! Llama-3.2-1B-sized layer); `--rounds` how often the solve is timed (3); `--lambda L` a
+//! fixed λ (patch's default is 0.1) instead of the validated search. OpenBLAS's own threads
+//! follow `OPENBLAS_NUM_THREADS`.
 
 use gguf_sleep::engine;
 use gguf_sleep::patch::ridge::{Lambda, Ridge};

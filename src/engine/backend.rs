@@ -109,26 +109,28 @@ pub fn with_single_threaded_lapack<T>(f: impl FnOnce() -> T) -> T {
 /// solves the same large matrices every layer; letting the allocator unmap them makes the
 /// kernel zero fresh pages each time (a sixth of a training step, a third of a solve).
 pub fn retain_freed_memory() {
-    // SAFETY: mallopt only changes allocator thresholds; any values are valid.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
+    malloc_thresholds(1 << 30, i32::MAX);
 }
 
 /// Return freed memory to the system (glibc `mallopt`): blocks of 4 MiB and more are mapped on
 /// their own and unmapped when freed, and free space of that size at a heap's top is trimmed.
 /// glibc's default raises its mapping threshold to the largest block freed so far (up to 32
-/// MiB), after which the sequential patch's per-band buffers stay in the threads' heaps: ~0.17
+/// MiB), after which the sequential patch's per-band buffers stay in the threads' heaps: ~0.18
 /// GB of a Llama-3.2-1B-sized layer's peak. A lower threshold (128 KiB) took 0.25 GB off but
 /// made SmolLM2's capture a quarter slower (every conversation's buffers freshly mapped and
 /// zeroed); 4 MiB costs it ~4%.
 pub fn return_freed_memory() {
+    malloc_thresholds(4 << 20, 4 << 20);
+}
+
+/// Set glibc's mapping and trimming thresholds (bytes); nothing elsewhere.
+fn malloc_thresholds(mmap: i32, trim: i32) {
     // SAFETY: mallopt only changes allocator thresholds; any values are valid.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, mmap);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, trim);
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = (mmap, trim);
 }
